@@ -1,0 +1,13 @@
+"""fastsam3d: fast promptable 3D segmentation (SAM-Med3D / FastSAM3D family) for CT and MRI."""
+
+from ._version import __version__ as __version__
+from .build import build_model as build_model
+from .build import load_model as load_model
+from .checkpoint import read_checkpoint as read_checkpoint
+from .checkpoint import save_native as save_native
+from .config import ModelConfig as ModelConfig
+from .config import SparseAttentionConfig as SparseAttentionConfig
+from .config import SparsePattern as SparsePattern
+from .modeling.sam3d import Sam3D as Sam3D
+from .registry import get_spec as get_spec
+from .registry import list_models as list_models

@@ -1,0 +1,1 @@
+"""Benchmarks: timing helpers and the encoder benchmark behind ``fastsam3d bench``."""

@@ -1,0 +1,222 @@
+"""Building models from the registry and loading checkpoints into them.
+
+Models are constructed on the ``meta`` device (no memory, no default initialisation) and then
+either filled from a checkpoint or initialised explicitly from a seeded generator, so building
+never touches torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, PathLike, read_checkpoint
+from .config import AttentionImpl, ModelConfig, SparseAttentionConfig
+from .modeling.layers import LayerNorm3d
+from .modeling.prompt_encoder import PositionEmbeddingRandom3D
+from .modeling.sam3d import Sam3D
+from .registry import MODELS, get_spec
+
+log = logging.getLogger(__name__)
+
+DeviceLike = str | torch.device
+
+
+class CheckpointMismatchError(CheckpointError):
+    """Checkpoint keys or shapes do not fit the model; the message names every offending key."""
+
+
+def resolve_config(
+    model: str | ModelConfig,
+    attn_impl: AttentionImpl | None = None,
+    sparse: SparseAttentionConfig | Literal["keep"] | None = "keep",
+) -> ModelConfig:
+    """Registry name or config -> config with runtime overrides applied.
+
+    ``sparse`` sets the encoder's sparse attention (``None`` = dense); ``"keep"`` leaves it.
+    """
+    cfg = get_spec(model).config if isinstance(model, str) else model
+    return cfg.with_attention(attn_impl=attn_impl, encoder_sparse=sparse)
+
+
+def build_meta(cfg: ModelConfig) -> Sam3D:
+    """The model on the ``meta`` device: shapes and parameter counts without memory."""
+    with torch.device("meta"):
+        return Sam3D(cfg)
+
+
+def build_model(
+    model: str | ModelConfig,
+    *,
+    device: DeviceLike = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    attn_impl: AttentionImpl | None = None,
+    sparse: SparseAttentionConfig | Literal["keep"] | None = "keep",
+) -> Sam3D:
+    """A randomly initialised model (train mode), deterministic for ``seed``.
+
+    Example:
+        >>> student = build_model("test-tiny-student", seed=1)
+    """
+    cfg = resolve_config(model, attn_impl, sparse)
+    net = build_meta(cfg).to_empty(device="cpu")
+    init_weights(net, torch.Generator().manual_seed(seed))
+    return net.to(device=device, dtype=dtype)
+
+
+def load_model(
+    name: str | ModelConfig | None,
+    checkpoint: PathLike | Sequence[PathLike] | None = None,
+    device: DeviceLike = "cpu",
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_impl: AttentionImpl | None = None,
+    sparse: SparseAttentionConfig | Literal["keep"] | None = "keep",
+    seed: int = 0,
+) -> Sam3D:
+    """A model in eval mode: random init when ``checkpoint`` is None, else its weights.
+
+    Args:
+        name: registry name (see :func:`fastsam3d.list_models`) or a :class:`ModelConfig`.
+            May be ``None`` for our native checkpoints, which carry their config.
+        checkpoint: path, or several paths combined part by part (e.g. a bare student encoder
+            followed by a full model supplying the prompt encoder and decoder). Any format of
+            :mod:`fastsam3d.checkpoint`.
+        device: where the model lives.
+        dtype: parameter dtype (float32 reproduces upstream).
+        attn_impl: override the attention implementation (``"sdpa"`` / ``"eager"``).
+        sparse: encoder sparse attention (weights trained densely lose accuracy under it).
+        seed: initialisation seed when ``checkpoint`` is None.
+
+    Raises:
+        ValueError: unknown name. CheckpointError / UnsafeCheckpointError /
+        CheckpointMismatchError: the file cannot be read or does not fit.
+
+    Example:
+        >>> model = load_model("fastsam3d", "fastsam3d.pth")  # doctest: +SKIP
+        >>> emb = model.encode(image)                          # (1, 384, 8, 8, 8)
+    """
+    if checkpoint is None:
+        if name is None:
+            raise ValueError("load_model needs a model name when no checkpoint is given")
+        net = build_model(name, dtype=dtype, seed=seed, attn_impl=attn_impl, sparse=sparse)
+        return net.to(device).eval()
+    state, report = read_checkpoint(checkpoint)
+    if name is None:
+        if report.model_config is None:
+            raise ValueError(
+                "this checkpoint does not name its architecture; pass a model name, "
+                f"one of {sorted(MODELS)}"
+            )
+        base = report.model_config
+    else:
+        base = resolve_config(name)
+        if report.model_config is not None and not _same_architecture(base, report.model_config):
+            raise CheckpointMismatchError(
+                f"{report.files[0][0]} was written for model {report.model_name!r}, whose "
+                f"architecture differs from {_label(name)!r}"
+            )
+    cfg = resolve_config(base, attn_impl, sparse)
+    net = build_meta(cfg).to_empty(device="cpu")
+    check_state_dict(net, state, _label(name) if name is not None else report.model_name or "")
+    net.load_state_dict(state, strict=True)
+    return net.to(device=device, dtype=dtype).eval()
+
+
+def _label(name: str | ModelConfig) -> str:
+    return name if isinstance(name, str) else "custom config"
+
+
+def _same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
+    """Equal up to runtime-only fields (attention implementation, sparse attention)."""
+    return a.with_attention("sdpa", None, None) == b.with_attention("sdpa", None, None)
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
+    """Raise :class:`CheckpointMismatchError` naming missing, unexpected and mis-shaped keys."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)}, model {expected[k]}"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != expected[k]
+    )
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"checkpoint does not fit model {name!r}:"]
+    for title, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", misshaped),
+    ):
+        if keys:
+            shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+            lines.append(f"  {title} keys: {shown}")
+    guesses = [n for n in matching_models(state) if n != name]
+    if guesses:
+        lines.append(f"  the checkpoint's shapes fit: {', '.join(guesses)}")
+    raise CheckpointMismatchError("\n".join(lines))
+
+
+def matching_models(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Registry names whose keys and shapes equal those of ``state``."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    found = []
+    for name, spec in MODELS.items():
+        model_shapes = {k: tuple(v.shape) for k, v in build_meta(spec.config).state_dict().items()}
+        if model_shapes == shapes:
+            found.append(name)
+    return sorted(found)
+
+
+@torch.no_grad()
+def init_weights(model: Sam3D, generator: torch.Generator) -> None:
+    """Initialise every parameter and buffer of ``model`` (on CPU) from ``generator``.
+
+    Linear: truncated normal (std 0.02), zero bias. Convolutions: Kaiming normal (fan-in), zero
+    bias. LayerNorms: 1 / 0. Embeddings and the Fourier matrix: standard normal. Absolute
+    position embedding: truncated normal (0.02); relative position tables: zeros (upstream's
+    ``rel_pos_zero_init``).
+    """
+    done: set[int] = set()
+
+    def mark(*tensors: torch.Tensor | None) -> None:
+        done.update(id(t) for t in tensors if t is not None)
+
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02, generator=generator)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+            mark(module.weight, module.bias)
+        elif isinstance(module, nn.Conv3d | nn.ConvTranspose3d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+            mark(module.weight, module.bias)
+        elif isinstance(module, nn.LayerNorm | LayerNorm3d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            mark(module.weight, module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, generator=generator)
+            mark(module.weight)
+        elif isinstance(module, PositionEmbeddingRandom3D):
+            matrix = module.positional_encoding_gaussian_matrix
+            nn.init.normal_(matrix, generator=generator)
+            mark(matrix)
+    for name, param in model.named_parameters():
+        if name.endswith("pos_embed"):
+            nn.init.trunc_normal_(param, std=0.02, generator=generator)
+            mark(param)
+        elif ".rel_pos_" in name:
+            nn.init.zeros_(param)
+            mark(param)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in done]
+    assert not left, f"init_weights missed {left}"

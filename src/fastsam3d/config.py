@@ -1,0 +1,311 @@
+"""Model configuration: frozen dataclasses that describe an architecture completely.
+
+A :class:`ModelConfig` is plain data (ints, floats, strings, tuples). It is stored inside our native
+checkpoints, so it round-trips through :func:`ModelConfig.to_dict` / :func:`ModelConfig.from_dict`,
+and ``from_dict`` rejects unknown keys so that a typo never silently falls back to a default.
+
+Runtime choices that do not change the weights (attention implementation, sparse attention) are
+config fields too, so one code path serves every variant; :func:`dataclasses.replace` derives a
+variant from a registry entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, get_args
+
+BlockFormula = Literal["prenorm", "fastsam3d"]
+"""How an encoder block combines attention, MLP and the two LayerNorms.
+
+- ``"prenorm"``: ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))`` (SAM-Med3D, standard ViT).
+- ``"fastsam3d"``: ``x = x + attn(norm1(x)); x = norm2(x); x = x + mlp(x)``: the output of
+  ``norm2`` *replaces* the residual stream (FastSAM3D's code; its released weights need it).
+  Attention-free blocks are then ``x = norm2(x); x = x + mlp(x)``.
+"""
+
+AttentionImpl = Literal["sdpa", "eager"]
+"""``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention` with the relative-position
+bias as an additive mask (and the exact pad-free window form). ``"eager"``: a literal
+re-statement of upstream's arithmetic (explicit softmax, zero-padded windows); the reference."""
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class SparsePattern:
+    """One dilated-attention pattern (LongNet / FastSAM3D paper section 2.3).
+
+    The flattened token sequence is cut into segments of ``segment_length`` tokens; inside a
+    segment every ``dilation``-th token is kept, starting at an offset that depends on the head
+    (head ``h`` uses offset ``h % dilation``), and attention runs inside each sparse segment.
+    ``segment_length = N, dilation = 1`` is dense attention.
+    """
+
+    segment_length: int
+    dilation: int = 1
+
+    def __post_init__(self) -> None:
+        if self.segment_length < 1:
+            raise ValueError(f"segment_length must be >= 1, got {self.segment_length}")
+        if self.dilation < 1:
+            raise ValueError(f"dilation must be >= 1, got {self.dilation}")
+        if self.segment_length % self.dilation:
+            raise ValueError(
+                f"segment_length ({self.segment_length}) must be a multiple of dilation "
+                f"({self.dilation})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class SparseAttentionConfig:
+    """Dilated ("3D sparse flash") attention: one or several patterns.
+
+    Several patterns are mixed by their softmax denominators (LongNet), which equals one softmax
+    over the union (with multiplicity) of the keys each pattern lets a query see.
+    """
+
+    patterns: tuple[SparsePattern, ...]
+
+    def __post_init__(self) -> None:
+        if not self.patterns:
+            raise ValueError("SparseAttentionConfig needs at least one pattern")
+
+    def check(self, num_tokens: int, num_heads: int, where: str) -> None:
+        """Raise ``ValueError`` unless every pattern fits ``num_tokens`` and ``num_heads``."""
+        for p in self.patterns:
+            if num_tokens % p.segment_length:
+                raise ValueError(
+                    f"{where}: sparse segment_length {p.segment_length} does not divide the "
+                    f"{num_tokens} tokens"
+                )
+            if p.dilation > num_heads:
+                raise ValueError(
+                    f"{where}: dilation {p.dilation} > {num_heads} heads; with per-head offsets "
+                    "some tokens would be attended by no head"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderConfig:
+    """3D ViT image encoder (SAM-Med3D ``ImageEncoderViT3D``).
+
+    Input ``(B, in_chans, S, S, S)`` with ``S = img_size``; token grid ``G = S / patch_size`` per
+    axis; output ``(B, out_chans, G, G, G)``.
+    """
+
+    img_size: int = 128
+    patch_size: int = 16
+    in_chans: int = 1
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    out_chans: int = 384
+    qkv_bias: bool = True
+    use_rel_pos: bool = True
+    window_size: int = 14
+    """Side of the attention window of non-global blocks; 0 means every block is global."""
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    attn_free_blocks: int = 0
+    """Number of leading MLP-only blocks (FastSAM3D's ``skip_layer``)."""
+    block_formula: BlockFormula = "prenorm"
+    layer_norm_eps: float = 1e-6
+    attn_impl: AttentionImpl = "sdpa"
+    sparse: SparseAttentionConfig | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("block_formula", self.block_formula, BlockFormula)
+        _check_choice("attn_impl", self.attn_impl, AttentionImpl)
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
+        if not 0 <= self.attn_free_blocks <= self.depth:
+            raise ValueError(f"attn_free_blocks must be in [0, {self.depth}]")
+        if self.window_size < 0:
+            raise ValueError(f"window_size must be >= 0, got {self.window_size}")
+        if self.sparse is not None:
+            self.sparse.check(self.grid_size**3, self.num_heads, "encoder")
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per axis: ``img_size // patch_size``."""
+        return self.img_size // self.patch_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def block_window(self, index: int) -> int:
+        """Window side of block ``index`` (0 = global attention)."""
+        return 0 if index in self.global_attn_indexes else self.window_size
+
+    def block_has_attention(self, index: int) -> bool:
+        return index >= self.attn_free_blocks
+
+
+@dataclass(frozen=True, slots=True)
+class PromptEncoderConfig:
+    """3D prompt encoder: random-Fourier point encoding and a mask-downscaling CNN."""
+
+    embed_dim: int = 384
+    mask_in_chans: int = 16
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % 3:
+            raise ValueError(
+                f"prompt embed_dim must be divisible by 3 (x, y, z Fourier features), "
+                f"got {self.embed_dim}"
+            )
+        if self.mask_in_chans % 4:
+            raise ValueError(f"mask_in_chans must be divisible by 4, got {self.mask_in_chans}")
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderConfig:
+    """Mask decoder: two-way transformer, 2x2 transposed-conv upscaling x2, hypernetwork heads."""
+
+    transformer_dim: int = 384
+    depth: int = 2
+    num_heads: int = 8
+    mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    layer_norm_eps: float = 1e-5
+    attn_impl: AttentionImpl = "sdpa"
+    sparse: SparseAttentionConfig | None = None
+    """Sparse attention for the token-to-image cross-attentions (keys = image tokens)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("attn_impl", self.attn_impl, AttentionImpl)
+        inner = self.transformer_dim // self.attention_downsample_rate
+        if self.transformer_dim % self.num_heads or inner % self.num_heads:
+            raise ValueError(
+                f"decoder dims {self.transformer_dim}/{inner} not divisible by "
+                f"{self.num_heads} heads"
+            )
+        if self.transformer_dim % 8:
+            raise ValueError(f"transformer_dim must be divisible by 8, got {self.transformer_dim}")
+        if self.sparse is not None:
+            for p in self.sparse.patterns:
+                if p.dilation > self.num_heads:
+                    raise ValueError(f"decoder: dilation {p.dilation} > {self.num_heads} heads")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """A whole promptable model: image encoder + prompt encoder + mask decoder."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    prompt: PromptEncoderConfig = field(default_factory=PromptEncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.encoder.out_chans != self.prompt.embed_dim:
+            raise ValueError(
+                f"encoder.out_chans ({self.encoder.out_chans}) must equal prompt.embed_dim "
+                f"({self.prompt.embed_dim})"
+            )
+        if self.prompt.embed_dim != self.decoder.transformer_dim:
+            raise ValueError(
+                f"prompt.embed_dim ({self.prompt.embed_dim}) must equal "
+                f"decoder.transformer_dim ({self.decoder.transformer_dim})"
+            )
+        if self.decoder.sparse is not None:
+            self.decoder.sparse.check(self.encoder.grid_size**3, self.decoder.num_heads, "decoder")
+
+    @property
+    def image_size(self) -> int:
+        return self.encoder.img_size
+
+    @property
+    def embedding_grid(self) -> int:
+        """Side of the image embedding grid (8 for the released models)."""
+        return self.encoder.grid_size
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-resolution mask logits (4x the embedding grid: 32 for 128^3)."""
+        return 4 * self.encoder.grid_size
+
+    def with_attention(
+        self,
+        attn_impl: AttentionImpl | None = None,
+        encoder_sparse: SparseAttentionConfig | Literal["keep"] | None = "keep",
+        decoder_sparse: SparseAttentionConfig | Literal["keep"] | None = "keep",
+    ) -> ModelConfig:
+        """Return a copy with another attention implementation and/or sparse attention."""
+        enc, dec = self.encoder, self.decoder
+        if attn_impl is not None:
+            enc = dataclasses.replace(enc, attn_impl=attn_impl)
+            dec = dataclasses.replace(dec, attn_impl=attn_impl)
+        if encoder_sparse != "keep":
+            enc = dataclasses.replace(enc, sparse=encoder_sparse)
+        if decoder_sparse != "keep":
+            dec = dataclasses.replace(dec, sparse=decoder_sparse)
+        return dataclasses.replace(self, encoder=enc, decoder=dec)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON-safe: tuples become lists)."""
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        return _from_plain(cls, data, "model_config")
+
+
+def _check_choice(name: str, value: object, literal: object) -> None:
+    allowed = get_args(literal)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _from_plain(cls: type[_T], data: Any, where: str) -> _T:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        sub = _SUBCONFIGS.get((cls, name))
+        if sub is SparseAttentionConfig:
+            kwargs[name] = None if value is None else _sparse_from_plain(value, f"{where}.{name}")
+        elif sub is not None:
+            kwargs[name] = _from_plain(sub, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _sparse_from_plain(data: Any, where: str) -> SparseAttentionConfig:
+    if not isinstance(data, dict) or set(data) != {"patterns"}:
+        raise ValueError(f"{where}: expected {{'patterns': [...]}}, got {data!r}")
+    patterns = tuple(_from_plain(SparsePattern, p, f"{where}.patterns") for p in data["patterns"])
+    return SparseAttentionConfig(patterns=patterns)
+
+
+_SUBCONFIGS: dict[tuple[type, str], type] = {
+    (ModelConfig, "encoder"): EncoderConfig,
+    (ModelConfig, "prompt"): PromptEncoderConfig,
+    (ModelConfig, "decoder"): DecoderConfig,
+    (EncoderConfig, "sparse"): SparseAttentionConfig,
+    (DecoderConfig, "sparse"): SparseAttentionConfig,
+}

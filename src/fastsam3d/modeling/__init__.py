@@ -1,0 +1,1 @@
+"""Neural network modules. Nothing here knows about files, sessions or the CLI."""

@@ -1,0 +1,160 @@
+"""The promptable 3D model: image encoder + prompt encoder + mask decoder.
+
+The model is stateless: :meth:`Sam3D.encode` computes an image embedding once and
+:meth:`Sam3D.decode` turns prompts into masks; callers (sessions, evaluation) own the caches.
+
+Model frame: the input is a ``(B, 1, S, S, S)`` float volume already normalised (S = 128 for the
+released weights); point prompts are voxel indices of that volume in tensor axis order; outputs
+are low-resolution logits on a ``4G = S / 4`` grid (32^3) covering the same volume.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .image_encoder import ImageEncoderViT3D
+from .mask_decoder import MaskDecoder3D
+from .prompt_encoder import PromptEncoder3D
+
+
+class Sam3D(nn.Module):
+    """SAM-Med3D / FastSAM3D model; submodule names equal upstream's state_dict prefixes."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image_encoder = ImageEncoderViT3D(cfg.encoder)
+        self.prompt_encoder = PromptEncoder3D(cfg.prompt, cfg.embedding_grid, cfg.image_size)
+        self.mask_decoder = MaskDecoder3D(cfg.decoder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_encoder.pos_embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.image_encoder.pos_embed.dtype
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Image embedding.
+
+        Args:
+            image: ``(B, 1, S, S, S)`` float, already normalised (z-score over voxels > 0 for the
+                released weights).
+
+        Returns:
+            ``(B, D, G, G, G)``; ``(B, 384, 8, 8, 8)`` for the released models.
+        """
+        return self.image_encoder(image.to(self.dtype))
+
+    def prompt_embeddings(
+        self,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        mask_logits: torch.Tensor | None = None,
+        batch: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse ``(B, N + 1, D)`` and dense ``(B, D, G, G, G)`` prompt embeddings.
+
+        Same semantics as upstream ``prompt_encoder(points=(points, labels), boxes=None,
+        masks=mask_logits)``: a pad point (label -1) is appended; ``mask_logits=None`` uses the
+        learned no-mask embedding.
+        """
+        self._check_prompts(points, labels, mask_logits, batch)
+        if mask_logits is not None:
+            mask_logits = mask_logits.to(self.dtype)
+        return self.prompt_encoder(points, labels, mask_logits)
+
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        mask_logits: torch.Tensor | None = None,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks for point prompts.
+
+        Args:
+            embedding: ``(B, D, G, G, G)`` from :meth:`encode`, or ``(1, ...)`` shared by all
+                ``B`` prompt sets.
+            points: ``(B, N, 3)`` float voxel indices of the ``S^3`` model input, tensor axis
+                order.
+            labels: ``(B, N)`` int: 1 foreground, 0 background, -1 padding (ignored).
+            mask_logits: optional ``(B, 1, 4G, 4G, 4G)`` previous low-resolution logits. Upstream
+                evaluates the first click with all zeros here (not ``None``) and later clicks
+                with the previous logits.
+            multimask: return 3 candidate masks instead of 1.
+
+        Returns:
+            ``(low_res_logits (B, 1|3, 4G, 4G, 4G), iou (B, 1|3))``; threshold logits at 0.
+        """
+        b = points.shape[0] if points.dim() == 3 else -1
+        g = self.cfg.embedding_grid
+        expected = (self.cfg.prompt.embed_dim, g, g, g)
+        if embedding.dim() != 5 or tuple(embedding.shape[1:]) != expected:
+            raise ValueError(
+                f"embedding must be (B, {', '.join(map(str, expected))}), "
+                f"got {tuple(embedding.shape)}"
+            )
+        if embedding.shape[0] not in (1, b):
+            raise ValueError(
+                f"embedding batch {embedding.shape[0]} does not match {b} prompt sets "
+                "(use the same batch or 1)"
+            )
+        sparse, dense = self.prompt_embeddings(points, labels, mask_logits)
+        return self.mask_decoder(
+            embedding.to(self.dtype),
+            self.prompt_encoder.dense_pe(),
+            sparse,
+            dense,
+            multimask,
+        )
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        mask_logits: torch.Tensor | None = None,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` then :meth:`decode` (for training)."""
+        return self.decode(self.encode(image), points, labels, mask_logits, multimask)
+
+    def _check_prompts(
+        self,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        mask_logits: torch.Tensor | None,
+        batch: int | None,
+    ) -> None:
+        if points.dim() != 3 or points.shape[-1] != 3:
+            raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
+        if labels.shape != points.shape[:2]:
+            raise ValueError(
+                f"labels must be (B, N) = {tuple(points.shape[:2])}, got {tuple(labels.shape)}"
+            )
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integers (-1, 0, 1), got dtype {labels.dtype}")
+        bad = labels[(labels < -1) | (labels > 1)]
+        if bad.numel():
+            raise ValueError(f"labels must be -1, 0 or 1, got {sorted(set(bad.tolist()))}")
+        if batch is not None and points.shape[0] != batch:
+            raise ValueError(f"expected {batch} prompt sets, got {points.shape[0]}")
+        if mask_logits is not None:
+            s = self.prompt_encoder.mask_size
+            expected = (points.shape[0], 1, s, s, s)
+            if tuple(mask_logits.shape) != expected:
+                raise ValueError(f"mask_logits must be {expected}, got {tuple(mask_logits.shape)}")
+
+
+def upsample_logits(low_res: torch.Tensor, size: int) -> torch.Tensor:
+    """Upstream's post-processing: trilinear ``(B, C, L, L, L)`` -> ``(B, C, size^3)``.
+
+    ``align_corners=False``; a voxel is foreground where the result is ``> 0`` (sigmoid > 0.5).
+    """
+    return F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)

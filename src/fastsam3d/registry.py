@@ -1,0 +1,119 @@
+"""Named model architectures.
+
+A name describes an architecture and the block formula its weights need; runtime choices
+(attention implementation, sparse attention, dtype, device) are arguments of
+:func:`fastsam3d.build_model` / :func:`fastsam3d.load_model`, never new names.
+
+There are no URLs and no downloads: users pass the path of a checkpoint they own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import DecoderConfig, EncoderConfig, ModelConfig, PromptEncoderConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A registry entry.
+
+    Attributes:
+        name: registry name.
+        config: the architecture.
+        description: one line for ``fastsam3d models``.
+        fits: upstream checkpoint files this entry loads (informative).
+    """
+
+    name: str
+    config: ModelConfig
+    description: str
+    fits: tuple[str, ...] = ()
+
+
+_TEACHER = EncoderConfig()  # SAM-Med3D vit_b_ori: 12 blocks, 768 wide, 14^3 windows, prenorm
+_STUDENT = EncoderConfig(
+    depth=6,
+    num_heads=6,
+    window_size=0,
+    global_attn_indexes=(),
+    attn_free_blocks=2,
+    block_formula="fastsam3d",
+)
+_TINY_PROMPT = PromptEncoderConfig(embed_dim=48, mask_in_chans=8)
+_TINY_DECODER = DecoderConfig(transformer_dim=48, num_heads=4, mlp_dim=96, iou_head_hidden_dim=32)
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "sam-med3d",
+            ModelConfig(encoder=_TEACHER),
+            "SAM-Med3D ViT-B teacher (12 blocks, 14^3 padded windows, standard pre-norm blocks)",
+            ("sam_med3d.pth", "sam_med3d_turbo.pth", "SAM-Med3D-organ / -brain"),
+        ),
+        ModelSpec(
+            "fastsam3d-teacher",
+            ModelConfig(encoder=EncoderConfig(block_formula="fastsam3d")),
+            "SAM-Med3D ViT-B run with FastSAM3D's block formula (FastSAM3D's fine-tuned teacher)",
+            ("Finetuned-SAMMED3D (FastSAM3D release)",),
+        ),
+        ModelSpec(
+            "fastsam3d",
+            ModelConfig(encoder=_STUDENT),
+            "FastSAM3D 6-layer student (blocks 0-1 MLP-only, 2-5 global attention, 6 heads)",
+            ("fastsam3d.pth / FastSAM3D.pth", "6layers6heads_student (encoder only)"),
+        ),
+        ModelSpec(
+            "test-tiny",
+            ModelConfig(
+                encoder=EncoderConfig(
+                    img_size=32,
+                    patch_size=8,
+                    embed_dim=32,
+                    depth=2,
+                    num_heads=4,
+                    window_size=6,
+                    global_attn_indexes=(1,),
+                    out_chans=48,
+                ),
+                prompt=_TINY_PROMPT,
+                decoder=_TINY_DECODER,
+            ),
+            "CI only: 32^3 input, teacher layout (padded 6^3 window block + global block)",
+        ),
+        ModelSpec(
+            "test-tiny-student",
+            ModelConfig(
+                encoder=EncoderConfig(
+                    img_size=32,
+                    patch_size=8,
+                    embed_dim=32,
+                    depth=4,
+                    num_heads=4,
+                    window_size=0,
+                    global_attn_indexes=(),
+                    attn_free_blocks=2,
+                    block_formula="fastsam3d",
+                    out_chans=48,
+                ),
+                prompt=_TINY_PROMPT,
+                decoder=_TINY_DECODER,
+            ),
+            "CI only: 32^3 input, student layout (2 MLP-only + 2 global blocks, FastSAM3D formula)",
+        ),
+    )
+}
+
+
+def list_models() -> list[str]:
+    """Registry names, e.g. ``["fastsam3d", "fastsam3d-teacher", "sam-med3d", ...]``."""
+    return sorted(MODELS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of ``name``; ``ValueError`` listing the known names otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {list_models()}") from None

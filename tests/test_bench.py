@@ -1,0 +1,43 @@
+"""Timing helpers (statistics and foreign-load monitoring; no speed assertions)."""
+
+from __future__ import annotations
+
+import time
+
+from fastsam3d.bench.encoders import Candidate, benchmark_encoders, markdown_table
+from fastsam3d.bench.timing import ForeignLoad, round_robin
+
+
+def test_round_robin_interleaves_and_reports_stats() -> None:
+    calls: list[str] = []
+
+    def make(name: str, seconds: float):
+        def run() -> None:
+            calls.append(name)
+            time.sleep(seconds)
+
+        return run
+
+    stats = round_robin({"a": make("a", 0.001), "b": make("b", 0.004)}, rounds=3, warmup=1)
+    assert calls[:2] == ["a", "b"]  # warm-up once each
+    assert calls[2:8:2] == ["a", "a", "a"]
+    assert calls[3:8:2] == ["b", "b", "b"]
+    assert len(stats["a"].samples) == 3 == len(stats["b"].samples)
+    assert stats["a"].min_ms <= stats["a"].median_ms <= stats["a"].p90_ms
+    assert stats["b"].median_ms > stats["a"].median_ms
+
+
+def test_foreign_load_is_measured_on_linux() -> None:
+    with ForeignLoad() as load:
+        sum(range(200_000))
+    assert load.cores is None or load.cores >= 0.0
+
+
+def test_encoder_benchmark_on_tiny_models() -> None:
+    report = benchmark_encoders(
+        [Candidate("test-tiny"), Candidate("test-tiny", "eager")], rounds=2, threads=1
+    )
+    assert report["machine"]["threads"] == 1
+    table = markdown_table(report)
+    assert "test-tiny (sdpa)" in table
+    assert "test-tiny (eager)" in table
