@@ -41,3 +41,10 @@ def test_encoder_benchmark_on_tiny_models() -> None:
     table = markdown_table(report)
     assert "test-tiny (sdpa)" in table
     assert "test-tiny (eager)" in table
+
+
+def test_encoder_benchmark_labels_runtimes() -> None:
+    report = benchmark_encoders([Candidate("test-tiny", runtime="onednn")], rounds=1, threads=1)
+    (row,) = report["results"].values()
+    assert row["runtime"] == "onednn"
+    assert "test-tiny (sdpa, onednn)" in report["results"]

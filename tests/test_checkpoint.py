@@ -92,6 +92,17 @@ def test_native_format_round_trip_carries_the_config(
         assert torch.load(path, weights_only=True)["model_name"] == "test-tiny"
 
 
+def test_native_checkpoint_with_a_broken_config(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file(
+        {"x": torch.zeros(1)}, str(path), metadata={"format": "fastsam3d", "model_config": "{"}
+    )
+    with pytest.raises(CheckpointError, match="invalid model_config"):
+        fastsam3d.load_model(None, path)
+
+
 def test_native_checkpoint_for_another_architecture_is_refused(
     source: Sam3D, tmp_path: Path
 ) -> None:
@@ -172,9 +183,10 @@ def test_full_size_teacher_shapes_are_ambiguous_between_block_formulas() -> None
     [
         (b"", "not a readable PyTorch checkpoint"),
         (b"PK\x03\x04 truncated zip", "not a readable PyTorch checkpoint"),
+        (b"hello, this is a text file\n", "not a readable PyTorch checkpoint"),
         (None, "not found"),
     ],
-    ids=["empty", "corrupt", "missing"],
+    ids=["empty", "corrupt", "text", "missing"],
 )
 def test_unreadable_files(content: bytes | None, match: str, tmp_path: Path) -> None:
     path = tmp_path / "model.pth"

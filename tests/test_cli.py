@@ -83,11 +83,21 @@ def test_bench_writes_json(tmp_path: Path, capsys) -> None:
     args = ["bench", "--models", "test-tiny,test-tiny-student", "--rounds", "2", "--json", str(out)]
     assert main(args) == 0
     report = json.loads(out.read_text())
-    assert set(report["results"]) == {"test-tiny (sdpa)", "test-tiny-student (sdpa)"}
+    assert set(report["results"]) == {
+        "test-tiny (sdpa)",
+        "test-tiny-student (sdpa)",
+        "test-tiny (sdpa, onednn)",
+        "test-tiny-student (sdpa, onednn)",
+    }
     for r in report["results"].values():
         assert len(r["samples_ms"]) == 2
         assert r["median_ms"] > 0
     assert "| test-tiny (sdpa) |" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_runtime(capsys) -> None:
+    assert main(["bench", "--models", "test-tiny", "--runtimes", "tensorrt"]) == 2
+    assert "unknown runtime 'tensorrt'" in capsys.readouterr().err
 
 
 def test_selfcheck_reproduces_upstream(capsys) -> None:

@@ -9,5 +9,6 @@ from .config import ModelConfig as ModelConfig
 from .config import SparseAttentionConfig as SparseAttentionConfig
 from .config import SparsePattern as SparsePattern
 from .modeling.sam3d import Sam3D as Sam3D
+from .modeling.sam3d import upsample_logits as upsample_logits
 from .registry import get_spec as get_spec
 from .registry import list_models as list_models

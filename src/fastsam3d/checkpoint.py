@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,21 +112,30 @@ def _torch_load(path: Path) -> Any:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # legacy (non-zip) files cannot be scanned
-            names = []
-        allowed = _allowed_names()
-        refused = [n for n in names if n not in allowed] or [_first_line(err)]
-        raise UnsafeCheckpointError(
-            f"{path}: refused to load: it needs pickled objects outside the allow-list "
-            f"{refused}. Loading them could run arbitrary code, so nothing was executed. "
-            "If you trust the file, re-save only its tensors (a state dict) and load that."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as err:
+        refused = _refused_globals(path, err)
+        if refused:
+            raise UnsafeCheckpointError(
+                f"{path}: refused to load: it needs pickled objects outside the allow-list "
+                f"{refused}. Loading them could run arbitrary code, so nothing was executed. "
+                "If you trust the file, re-save only its tensors (a state dict) and load that."
+            ) from None
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})"
+            f"{path}: not a readable PyTorch checkpoint ({_reason(err)})"
         ) from None
+    except Exception as err:  # torch raises many types for damaged files (KeyError on bad opcodes)
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({_reason(err)})"
+        ) from None
+
+
+def _refused_globals(path: Path, err: BaseException) -> list[str]:
+    """Names of pickled globals the file needs that the allow-list does not grant."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # legacy (non-zip) files cannot be scanned: read torch's message
+        names = re.findall(r"GLOBAL ([\w.]+)", str(err))
+    allowed = _allowed_names()
+    return [n for n in dict.fromkeys(names) if n not in allowed]
 
 
 def _allowed_names() -> set[str]:
@@ -138,8 +148,12 @@ def _allowed_names() -> set[str]:
     return names
 
 
-def _first_line(err: BaseException) -> str:
+def _reason(err: BaseException) -> str:
+    """The informative line of a loading error (torch's weights_only errors are long)."""
     text = str(err).strip()
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip()
     return text.splitlines()[0] if text else type(err).__name__
 
 
@@ -185,10 +199,8 @@ def _split_file(path: Path, report: LoadReport) -> tuple[str, dict[str, torch.Te
 def _read_native_meta(path: Path, name: Any, config: Any, report: LoadReport) -> None:
     if config is None:
         raise CheckpointError(f"{path}: fastsam3d checkpoint without model_config")
-    if isinstance(config, str):
-        config = json.loads(config)
     try:
-        cfg = ModelConfig.from_dict(config)
+        cfg = ModelConfig.from_dict(json.loads(config) if isinstance(config, str) else config)
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: invalid model_config ({err})") from None
     if report.model_config is None:

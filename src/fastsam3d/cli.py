@@ -75,9 +75,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .bench.encoders import Candidate, benchmark_encoders, markdown_table
+    from .runtime.onednn import available
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    candidates = [Candidate(n, "sdpa") for n in names]
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    for runtime in runtimes:
+        if runtime not in ("torch", "onednn"):
+            raise ValueError(f"--runtimes: unknown runtime {runtime!r}; choose torch, onednn")
+    if "onednn" in runtimes and not available():
+        print("oneDNN linear kernels unavailable in this torch: skipping runtime onednn")
+        runtimes.remove("onednn")
+    candidates = [Candidate(n, "sdpa", r) for r in runtimes for n in names]
     if args.reference:
         candidates += [Candidate(n, "eager") for n in names]
     report = benchmark_encoders(
@@ -193,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time the image encoders (median of round-robin runs)")
     p.add_argument("--models", default="sam-med3d,fastsam3d", help="comma-separated names")
+    p.add_argument(
+        "--runtimes",
+        default="torch,onednn",
+        help="torch (plain model) and/or onednn (pre-packed oneDNN linears, fp32)",
+    )
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)

@@ -71,10 +71,18 @@ class SparseAttentionConfig:
         if not self.patterns:
             raise ValueError("SparseAttentionConfig needs at least one pattern")
 
-    def check(self, num_tokens: int, num_heads: int, where: str) -> None:
-        """Raise ``ValueError`` unless every pattern fits ``num_tokens`` and ``num_heads``."""
+    def check(self, num_tokens: int, num_heads: int, where: str, segmented: bool = True) -> None:
+        """Raise ``ValueError`` unless every pattern fits ``num_tokens`` and ``num_heads``.
+
+        ``segmented=False`` (cross-attention: only the keys are dilated) checks that each dilation
+        divides ``num_tokens`` instead of the segment length.
+        """
         for p in self.patterns:
-            if num_tokens % p.segment_length:
+            if not segmented and num_tokens % p.dilation:
+                raise ValueError(
+                    f"{where}: sparse dilation {p.dilation} does not divide the {num_tokens} keys"
+                )
+            if segmented and num_tokens % p.segment_length:
                 raise ValueError(
                     f"{where}: sparse segment_length {p.segment_length} does not divide the "
                     f"{num_tokens} tokens"
@@ -191,10 +199,6 @@ class DecoderConfig:
             )
         if self.transformer_dim % 8:
             raise ValueError(f"transformer_dim must be divisible by 8, got {self.transformer_dim}")
-        if self.sparse is not None:
-            for p in self.sparse.patterns:
-                if p.dilation > self.num_heads:
-                    raise ValueError(f"decoder: dilation {p.dilation} > {self.num_heads} heads")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +221,9 @@ class ModelConfig:
                 f"decoder.transformer_dim ({self.decoder.transformer_dim})"
             )
         if self.decoder.sparse is not None:
-            self.decoder.sparse.check(self.encoder.grid_size**3, self.decoder.num_heads, "decoder")
+            self.decoder.sparse.check(
+                self.encoder.grid_size**3, self.decoder.num_heads, "decoder", segmented=False
+            )
 
     @property
     def image_size(self) -> int:

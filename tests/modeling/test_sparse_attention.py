@@ -180,5 +180,9 @@ def test_sparse_configs_are_validated() -> None:
         fastsam3d.get_spec("test-tiny").config.with_attention(
             encoder_sparse=SparseAttentionConfig((SparsePattern(64, 8),))
         )
+    with pytest.raises(ValueError, match="dilation 3 does not divide the 64 keys"):
+        fastsam3d.get_spec("test-tiny").config.with_attention(
+            decoder_sparse=SparseAttentionConfig((SparsePattern(3, 3),))
+        )
     with pytest.raises(ValueError, match="at least one pattern"):
         SparseAttentionConfig(())

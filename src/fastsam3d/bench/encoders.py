@@ -11,25 +11,39 @@ import os
 import platform
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from ..build import load_model
+from ..build import build_meta, load_model
 from ..config import AttentionImpl
+from ..modeling.sam3d import Sam3D
+from ..registry import get_spec
+from ..runtime.onednn import optimize_for_cpu
 from .timing import TimingStats, round_robin
+
+Runtime = Literal["torch", "onednn"]
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A model name and the attention implementation to time it with."""
+    """A model name, the attention implementation and the runtime to time it with.
+
+    ``runtime="onednn"`` times :func:`fastsam3d.runtime.onednn.optimize_for_cpu` of the model.
+    """
 
     model: str
     attn_impl: AttentionImpl = "sdpa"
+    runtime: Runtime = "torch"
 
     @property
     def label(self) -> str:
-        return f"{self.model} ({self.attn_impl})"
+        suffix = "" if self.runtime == "torch" else f", {self.runtime}"
+        return f"{self.model} ({self.attn_impl}{suffix})"
+
+    def load(self) -> Sam3D:
+        model = load_model(self.model, attn_impl=self.attn_impl)
+        return optimize_for_cpu(model) if self.runtime == "onednn" else model
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -87,7 +101,7 @@ def _benchmark(
     threads: int,
     progress: Callable[[Iterable[int]], Iterable[int]] | None,
 ) -> dict[str, Any]:
-    models = {c.label: load_model(c.model, attn_impl=c.attn_impl) for c in candidates}
+    models = {c.label: c.load() for c in candidates}
     gen = torch.Generator().manual_seed(0)
     inputs = {
         label: torch.randn(1, 1, *(m.cfg.image_size,) * 3, generator=gen)
@@ -103,6 +117,12 @@ def _benchmark(
 
         return run
 
+    encoder_params = {
+        c.model: sum(
+            p.numel() for p in build_meta(get_spec(c.model).config).image_encoder.parameters()
+        )
+        for c in candidates
+    }
     stats: dict[str, TimingStats] = round_robin(
         {label: encoder_call(label) for label in models}, rounds, warmup, progress=progress
     )
@@ -110,7 +130,8 @@ def _benchmark(
         label: {
             "model": c.model,
             "attn_impl": c.attn_impl,
-            "encoder_params": sum(p.numel() for p in models[label].image_encoder.parameters()),
+            "runtime": c.runtime,
+            "encoder_params": encoder_params[c.model],
             **stats[label].to_dict(),
         }
         for c in candidates
