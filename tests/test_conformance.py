@@ -7,7 +7,6 @@ loaded with :func:`fastsam3d.load_model`, exactly as a user loads ``sam_med3d_tu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,15 @@ import torch
 
 import fastsam3d
 from fastsam3d.conformance import (
+    VARIANT_KEY,
     Fixture,
-    compare,
+    check_fixture,
     fixture_state_dict,
     fixtures,
     load_reference,
     model_shapes,
     run_scenarios,
+    with_fastsam3d_blocks,
     write_upstream_checkpoint,
 )
 
@@ -84,13 +85,13 @@ def test_fixture_rule_rebuilds_the_upstream_weights(case) -> None:
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_every_reference_output_is_reproduced(case, impl: str) -> None:
     fx, ref, path = case
-    model = fastsam3d.load_model(fx.config, path, attn_impl=impl)
-    ours = run_scenarios(model, ref, intermediates=fx.has_intermediates)
-    rows = compare(ours, ref, atol=1e-4, rtol=1e-4)
+    rows = check_fixture(fx, ref, path, impl)
     compared = {r.key.split("[")[0] for r in rows}
     assert compared >= EXPECTED_KEYS
     if fx.has_intermediates:
         assert sum(r.key.startswith("encoder_intermediates[") for r in rows) == 5
+    else:
+        assert VARIANT_KEY in compared
     bad = [(r.key, r.max_abs) for r in rows if not r.ok]
     assert not bad, bad
 
@@ -109,17 +110,13 @@ def test_first_click_mask_at_full_resolution(case) -> None:
     assert disagree <= near_zero
 
 
-def test_teacher_under_the_fastsam3d_block_formula(teacher_case) -> None:
+def test_the_two_block_formulas_are_not_interchangeable(teacher_case) -> None:
+    """Same weights, the two formulas: upstream measured max |diff| 0.74 of the embedding."""
     fx, ref, path = teacher_case
-    variant = dataclasses.replace(
-        fx.config, encoder=dataclasses.replace(fx.config.encoder, block_formula="fastsam3d")
-    )
-    image = ref["input"]
     with torch.inference_mode():
-        emb_variant = fastsam3d.load_model(variant, path).encode(image)
-        emb_standard = fastsam3d.load_model(fx.config, path).encode(image)
-    torch.testing.assert_close(
-        emb_variant, ref["image_embedding_fastsam3d_block_variant"], atol=1e-4, rtol=1e-4
-    )
-    # the two formulas are not interchangeable (upstream measured max |diff| 0.74)
+        emb_variant = fastsam3d.load_model(with_fastsam3d_blocks(fx.config), path).encode(
+            ref["input"]
+        )
+        emb_standard = fastsam3d.load_model(fx.config, path).encode(ref["input"])
+    torch.testing.assert_close(emb_variant, ref[VARIANT_KEY], atol=1e-4, rtol=1e-4)
     assert (emb_variant - emb_standard).abs().max() > 0.1

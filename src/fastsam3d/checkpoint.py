@@ -151,9 +151,10 @@ def _allowed_names() -> set[str]:
 def _reason(err: BaseException) -> str:
     """The informative line of a loading error (torch's weights_only errors are long)."""
     text = str(err).strip()
-    for line in text.splitlines():
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+        return " ".join(detail.split()) or type(err).__name__
     return text.splitlines()[0] if text else type(err).__name__
 
 

@@ -103,18 +103,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import torch
 
-    from .build import load_model
     from .conformance import (
-        compare,
+        check_fixture,
         fixture_state_dict,
         fixtures,
         load_reference,
         model_shapes,
-        run_scenarios,
         write_upstream_checkpoint,
     )
 
@@ -127,39 +123,24 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
             if not path.is_file():
                 raise ValueError(f"fixture {path} not found; pass --fixtures DIR")
             ref = load_reference(path)
-            ckpt = write_upstream_checkpoint(
-                Path(tmp) / f"{path.stem}.pth",
-                fixture_state_dict(model_shapes(fx.config)),
-                "training",
-            )
+            state = fixture_state_dict(model_shapes(fx.config))
+            ckpt = write_upstream_checkpoint(Path(tmp) / f"{path.stem}.pth", state, "training")
             for impl in ("sdpa", "eager"):
-                model = load_model(fx.config, ckpt, attn_impl=impl)
-                rows = compare(run_scenarios(model, ref, fx.has_intermediates), ref)
-                if "image_embedding_fastsam3d_block_variant" in ref:
-                    variant = dataclasses.replace(
-                        fx.config,
-                        encoder=dataclasses.replace(fx.config.encoder, block_formula="fastsam3d"),
-                    )
-                    other = load_model(variant, ckpt, attn_impl=impl)
-                    with torch.inference_mode():
-                        emb = other.encode(ref["input"])
-                    rows += compare({"image_embedding_fastsam3d_block_variant": emb}, ref)
+                rows = check_fixture(fx, ref, ckpt, impl)
                 bad = [r for r in rows if not r.ok]
                 failures += len(bad)
                 worst = max(rows, key=lambda r: r.max_abs)
-                status = "OK  " if not bad else "FAIL"
                 print(
-                    f"{status} {fx.name:<28} {impl:<5} {len(rows):>2} outputs, "
-                    f"max |diff| {worst.max_abs:.2e} ({worst.key})"
+                    f"{'OK  ' if not bad else 'FAIL'} {fx.name:<28} {impl:<5} {len(rows):>2} "
+                    f"outputs, max |diff| {worst.max_abs:.2e} ({worst.key})"
                 )
                 for r in bad:
                     print(f"     {r.key}: max |diff| {r.max_abs:.3e}")
-    print(
-        "all outputs match upstream (atol = rtol = 1e-4)"
-        if not failures
-        else f"{failures} mismatches"
-    )
-    return 0 if not failures else 1
+    if failures:
+        print(f"{failures} outputs differ from upstream beyond atol = rtol = 1e-4")
+        return 1
+    print("all outputs match upstream (atol = rtol = 1e-4)")
+    return 0
 
 
 def _write_json_atomic(path: Path, data: object) -> None:

@@ -26,7 +26,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .config import ModelConfig
+from .build import load_model
+from .config import AttentionImpl, ModelConfig
 from .modeling.sam3d import Sam3D, upsample_logits
 from .registry import get_spec
 
@@ -210,4 +211,31 @@ def compare(
                 err = float((a - b).abs().max())
                 ok = bool(torch.allclose(a, b, atol=atol, rtol=rtol))
                 rows.append(Comparison(name, err, ok))
+    return rows
+
+
+VARIANT_KEY = "image_embedding_fastsam3d_block_variant"
+"""Teacher fixture only: the embedding of the same weights under FastSAM3D's block formula."""
+
+
+def with_fastsam3d_blocks(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with FastSAM3D's block formula (how FastSAM3D's code runs any encoder)."""
+    return dataclasses.replace(
+        cfg, encoder=dataclasses.replace(cfg.encoder, block_formula="fastsam3d")
+    )
+
+
+def check_fixture(
+    fx: Fixture, ref: Mapping[str, Any], checkpoint: Path, attn_impl: AttentionImpl
+) -> list[Comparison]:
+    """Load ``checkpoint`` (upstream layout) as a user would and compare every output with ``ref``.
+
+    Includes the teacher's block-variant embedding when the fixture has it.
+    """
+    model = load_model(fx.config, checkpoint, attn_impl=attn_impl)
+    rows = compare(run_scenarios(model, ref, fx.has_intermediates), ref)
+    if VARIANT_KEY in ref:
+        variant = load_model(with_fastsam3d_blocks(fx.config), checkpoint, attn_impl=attn_impl)
+        with torch.inference_mode():
+            rows += compare({VARIANT_KEY: variant.encode(ref["input"])}, ref)
     return rows

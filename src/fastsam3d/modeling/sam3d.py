@@ -55,7 +55,6 @@ class Sam3D(nn.Module):
         points: torch.Tensor,
         labels: torch.Tensor,
         mask_logits: torch.Tensor | None = None,
-        batch: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse ``(B, N + 1, D)`` and dense ``(B, D, G, G, G)`` prompt embeddings.
 
@@ -63,7 +62,7 @@ class Sam3D(nn.Module):
         masks=mask_logits)``: a pad point (label -1) is appended; ``mask_logits=None`` uses the
         learned no-mask embedding.
         """
-        self._check_prompts(points, labels, mask_logits, batch)
+        self._check_prompts(points, labels, mask_logits)
         if mask_logits is not None:
             mask_logits = mask_logits.to(self.dtype)
         return self.prompt_encoder(points, labels, mask_logits)
@@ -92,7 +91,8 @@ class Sam3D(nn.Module):
         Returns:
             ``(low_res_logits (B, 1|3, 4G, 4G, 4G), iou (B, 1|3))``; threshold logits at 0.
         """
-        b = points.shape[0] if points.dim() == 3 else -1
+        sparse, dense = self.prompt_embeddings(points, labels, mask_logits)
+        b = points.shape[0]
         g = self.cfg.embedding_grid
         expected = (self.cfg.prompt.embed_dim, g, g, g)
         if embedding.dim() != 5 or tuple(embedding.shape[1:]) != expected:
@@ -105,7 +105,6 @@ class Sam3D(nn.Module):
                 f"embedding batch {embedding.shape[0]} does not match {b} prompt sets "
                 "(use the same batch or 1)"
             )
-        sparse, dense = self.prompt_embeddings(points, labels, mask_logits)
         return self.mask_decoder(
             embedding.to(self.dtype),
             self.prompt_encoder.dense_pe(),
@@ -130,7 +129,6 @@ class Sam3D(nn.Module):
         points: torch.Tensor,
         labels: torch.Tensor,
         mask_logits: torch.Tensor | None,
-        batch: int | None,
     ) -> None:
         if points.dim() != 3 or points.shape[-1] != 3:
             raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
@@ -143,8 +141,6 @@ class Sam3D(nn.Module):
         bad = labels[(labels < -1) | (labels > 1)]
         if bad.numel():
             raise ValueError(f"labels must be -1, 0 or 1, got {sorted(set(bad.tolist()))}")
-        if batch is not None and points.shape[0] != batch:
-            raise ValueError(f"expected {batch} prompt sets, got {points.shape[0]}")
         if mask_logits is not None:
             s = self.prompt_encoder.mask_size
             expected = (points.shape[0], 1, s, s, s)
