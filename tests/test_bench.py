@@ -48,3 +48,15 @@ def test_encoder_benchmark_labels_runtimes() -> None:
     (row,) = report["results"].values()
     assert row["runtime"] == "onednn"
     assert "test-tiny (sdpa, onednn)" in report["results"]
+
+
+def test_session_benchmark_structure() -> None:
+    from fastsam3d.bench.session import benchmark_session, session_markdown
+
+    report = benchmark_session(model_name="test-tiny", rounds=2, warm_clicks=3, threads=1)
+    assert len(report["records"]) == 2
+    assert len(report["warm_samples_ms"]) == 6
+    first = report["first_click_ms"]
+    assert first["median"] >= first["encode"] > 0
+    assert first["median_with_file_read"] >= first["median"]
+    assert "warm click" in session_markdown(report)

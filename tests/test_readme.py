@@ -24,3 +24,22 @@ def test_quickstart_runs() -> None:
     mask = namespace["mask"]
     assert isinstance(mask, torch.Tensor)
     assert mask.dtype == torch.bool
+
+
+def test_session_example_runs(tmp_path, monkeypatch) -> None:
+    """The "From Python" example, on the bundled CT with random weights."""
+    from fastsam3d import samples
+
+    text = README.read_text()
+    block = re.search(r"From Python:\n\n```python\n(.*?)```", text, re.S)
+    assert block is not None
+    code = block.group(1)
+    for old, new in (
+        ('load_model("fastsam3d", "fastsam3d.pth")', 'load_model("fastsam3d")'),
+        ('read_volume("ct.nii.gz")', f'read_volume("{samples.sample("ct").image}")'),
+    ):
+        assert old in code
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    exec(code, {})
+    assert (tmp_path / "liver.nii.gz").is_file()

@@ -8,6 +8,13 @@ from .checkpoint import save_native as save_native
 from .config import ModelConfig as ModelConfig
 from .config import SparseAttentionConfig as SparseAttentionConfig
 from .config import SparsePattern as SparsePattern
+from .data.frame import FrameSpec as FrameSpec
+from .data.io import read_volume as read_volume
+from .data.io import write_label_map as write_label_map
+from .data.volume import Volume as Volume
+from .interactive.session import Click as Click
+from .interactive.session import MaskResult as MaskResult
+from .interactive.session import Session as Session
 from .modeling.sam3d import Sam3D as Sam3D
 from .modeling.sam3d import upsample_logits as upsample_logits
 from .registry import get_spec as get_spec

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -77,6 +79,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.encoders import Candidate, benchmark_encoders, markdown_table
     from .runtime.onednn import available
 
+    if args.target == "session":
+        from .bench.session import benchmark_session, session_markdown
+
+        report = benchmark_session(
+            sample_name=args.sample,
+            model_name=args.models.split(",")[-1].strip(),
+            runtime=args.runtimes.split(",")[0].strip(),
+            rounds=args.rounds,
+            threads=args.threads,
+            progress=lambda steps: tqdm(
+                steps, desc="session rounds", unit="round", file=sys.stderr
+            ),
+        )
+        print(session_markdown(report))
+        if args.json:
+            _write_json_atomic(Path(args.json), report)
+            print(f"wrote {args.json}")
+        return 0
+
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     for runtime in runtimes:
@@ -143,6 +164,160 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- segment ------------------------------------------------------------------------------------
+
+
+def parse_point(text: str) -> tuple[float, float, float]:
+    """``"i,j,k"`` -> three floats; ``argparse.ArgumentTypeError`` naming the value otherwise."""
+    parts = text.replace(" ", "").split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected three numbers 'i,j,k', got {text!r}")
+    return (values[0], values[1], values[2])
+
+
+class _ClickAction(argparse.Action):
+    """``--point`` / ``--negative`` append ``(point, positive)`` to one ordered list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        clicks = list(getattr(namespace, self.dest) or [])
+        clicks.append((values, self.const))
+        setattr(namespace, self.dest, clicks)
+
+
+def read_prompt_file(
+    path: Path,
+) -> tuple[list[tuple[tuple[float, float, float], bool]], str | None]:
+    """A JSON prompt file -> ordered clicks and the world convention (None: voxel indices).
+
+    Format: ``{"world": null | "ras" | "lps", "clicks": [{"point": [i, j, k], "positive": true},
+    ...]}`` (``positive`` defaults to true).
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the prompt file ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("clicks"), list):
+        raise ValueError(
+            f'{path}: expected {{"clicks": [{{"point": [i, j, k], "positive": true}}, ...]}}'
+        )
+    world = data.get("world")
+    if world not in (None, "ras", "lps"):
+        raise ValueError(f"{path}: 'world' must be null, 'ras' or 'lps', got {world!r}")
+    clicks = []
+    for n, entry in enumerate(data["clicks"]):
+        point = entry.get("point") if isinstance(entry, dict) else None
+        positive = entry.get("positive", True) if isinstance(entry, dict) else None
+        if (
+            not isinstance(point, list)
+            or len(point) != 3
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in point)
+            or not isinstance(positive, bool)
+        ):
+            raise ValueError(
+                f'{path}: click {n} must be {{"point": [3 numbers], "positive": true|false}}, '
+                f"got {entry!r}"
+            )
+        clicks.append(((float(point[0]), float(point[1]), float(point[2])), positive))
+    return clicks, world
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device available")
+    return name
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+    import torch
+
+    from .build import load_model
+    from .data.io import check_output_path, read_volume, write_label_map
+    from .interactive.session import Session
+
+    clicks = list(args.clicks or [])
+    world = args.world
+    if args.prompts:
+        file_clicks, file_world = read_prompt_file(Path(args.prompts))
+        if clicks and file_world != world:
+            raise ValueError(
+                "--prompts and --point/--negative use different coordinate conventions"
+            )
+        clicks += file_clicks
+        world = file_world if file_world is not None else world
+    if not clicks:
+        raise ValueError("no clicks: give --point i,j,k (and --negative i,j,k) or --prompts FILE")
+    out = check_output_path(args.out, inputs=(Path(args.image),))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _resolve_device(args.device)
+
+    def stage(name: str, ms: float, detail: str = "") -> None:
+        print(f"{name:<12} {ms:8.1f} ms  {detail}".rstrip())
+
+    t = time.perf_counter()
+    volume = read_volume(args.image, channel=args.channel)
+    stage("load image", 1e3 * (time.perf_counter() - t), volume.describe())
+    t = time.perf_counter()
+    model = load_model(args.model, args.checkpoint, device=device)
+    stage("load model", 1e3 * (time.perf_counter() - t), f"{args.model} on {device}")
+    session = Session(model, prompting=args.prompting)
+    session.set_image(volume)
+    result = None
+    for n, (point, positive) in enumerate(clicks, start=1):
+        result = session.add_click(point, positive, world=world)
+        assert result is not None
+        tm = result.timings_ms
+        sign = "+" if positive else "-"
+        where = ", ".join(f"{v:g}" for v in point) + (f" mm {world.upper()}" if world else "")
+        region = "new region, " if result.new_region else ""
+        print(f"click {n} ({sign}) at ({where}): {region}{int(result.mask.sum())} voxels")
+        if tm["encode"]:
+            stage("  preprocess", tm["preprocess"])
+            stage("  encode", tm["encode"])
+        stage("  decode", tm["decode"])
+        stage("  map back", tm["map"])
+    assert result is not None
+    t = time.perf_counter()
+    write_label_map(session.mask, volume, out)
+    voxels = int(session.mask.sum())
+    ml = voxels * float(np.prod(volume.spacing)) / 1000.0
+    stage("write", 1e3 * (time.perf_counter() - t), f"{out} ({voxels} voxels, {ml:.1f} ml)")
+    return 0
+
+
+def _cmd_samples(args: argparse.Namespace) -> int:
+    from . import samples
+
+    if args.action == "list":
+        for s in samples.SAMPLES.values():
+            print(
+                f"{s.name:<9} {s.description}\n{'':<9} image  {s.image}\n{'':<9} labels {s.labels}"
+            )
+        return 0
+    if args.action == "verify":
+        problems = samples.verify()
+        for p in problems:
+            print(p)
+        print("bundled samples match their checksums" if not problems else "checksum problems")
+        return 0 if not problems else 1
+    if not args.dest:
+        raise ValueError("samples fetch needs a destination folder: fastsam3d samples fetch DIR")
+    written = samples.fetch(Path(args.dest), everything=args.all)
+    print(f"wrote {len(written)} files to {args.dest} (checksums verified)")
+    return 0
+
+
 def _write_json_atomic(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -180,8 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registry name (needed for 12-layer teachers)")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("bench", help="time the image encoders (median of round-robin runs)")
+    p = sub.add_parser(
+        "bench",
+        help="time the encoders, or interactive latency on a sample scan",
+        description="encoders: median encoder time of each model, round-robin in one run. "
+        "session: first click on a newly loaded sample scan and warm clicks (uses the last "
+        "--models entry and the first --runtimes entry).",
+    )
+    p.add_argument("target", nargs="?", choices=("encoders", "session"), default="encoders")
     p.add_argument("--models", default="sam-med3d,fastsam3d", help="comma-separated names")
+    p.add_argument("--sample", default="ct", help="session: bundled sample (ct, ct_dicom, mr, ...)")
     p.add_argument(
         "--runtimes",
         default="torch,onednn",
@@ -208,13 +391,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixtures", default=_default_fixtures(), help="folder of *_io_compact.pt")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_cmd_selfcheck)
+
+    p = sub.add_parser(
+        "segment",
+        help="segment a scan from clicks and write the mask on the scan's grid",
+        description="Reads IMAGE (NIfTI, NRRD, MHA/MHD, or a DICOM folder), applies the clicks "
+        "in the order given (each one refines the previous result, as the models were trained) "
+        "and writes the mask with exactly the input's geometry. Points are voxel indices i,j,k "
+        "in the file's own index order (as nibabel, ITK-SNAP and 3D Slicer show them), or "
+        "millimetres with --world.",
+    )
+    p.add_argument("image", help="image file or DICOM folder")
+    p.add_argument("--checkpoint", required=True, nargs="+", help="checkpoint file(s)")
+    p.add_argument("--model", default="fastsam3d", help="registry name (default fastsam3d)")
+    p.add_argument(
+        "--point",
+        dest="clicks",
+        type=parse_point,
+        action=_ClickAction,
+        const=True,
+        metavar="I,J,K",
+        help="positive click (repeatable)",
+    )
+    p.add_argument(
+        "--negative",
+        dest="clicks",
+        type=parse_point,
+        action=_ClickAction,
+        const=False,
+        metavar="I,J,K",
+        help="negative click (repeatable)",
+    )
+    p.add_argument(
+        "--prompts",
+        help='JSON file {"world": null, "clicks": [{"point": [i,j,k], "positive": true}]}',
+    )
+    p.add_argument("--world", choices=("ras", "lps"), help="points are world mm in this convention")
+    p.add_argument("--channel", type=int, help="for 4D images: which volume to use (0-based)")
+    p.add_argument(
+        "--prompting",
+        choices=("newest", "all"),
+        default="newest",
+        help="send only the newest click (as trained, default) or all clicks",
+    )
+    p.add_argument("--out", required=True, help="output mask (.nii.gz, .nii, .nrrd, .mha)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("samples", help="the bundled sample scans: list, verify, fetch")
+    p.add_argument("action", choices=("list", "verify", "fetch"))
+    p.add_argument("dest", nargs="?", help="fetch: destination folder")
+    p.add_argument("--all", action="store_true", help="fetch: the whole reference folder")
+    p.set_defaults(func=_cmd_samples)
     return parser
+
+
+_POINT_FLAGS = ("--point", "--negative")
+_NUMBER_LIST = re.compile(r"^-[\d.]")
+
+
+def _join_negative_points(argv: Sequence[str]) -> list[str]:
+    """``--point -12.5,3,4`` -> ``--point=-12.5,3,4`` (argparse would take it for an option)."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in _POINT_FLAGS and _NUMBER_LIST.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastsam3d`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_points(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -222,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         code: int = args.func(args)
-    except (ValueError, CheckpointError, OSError) as err:
+    except (ValueError, CheckpointError, OSError, RuntimeError) as err:
         print(f"fastsam3d {args.command}: error: {err}", file=sys.stderr)
         return 2
     return code

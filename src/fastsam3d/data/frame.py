@@ -1,0 +1,341 @@
+"""The model frame: how a region of a volume is presented to the model, and mapped back.
+
+The released weights were trained on (UPSTREAM.md section 4): RAS+ canonical orientation, array
+axes in (x, y, z) order, 1.5 mm isotropic voxels, a ``128^3`` crop, z-normalisation over the
+crop's voxels > 0. A :class:`Roi` is one such crop placed in world space: a cube of ``size^3``
+voxels of ``spacing`` mm whose axes are the volume's own axes permuted and flipped to point
+towards R, A and S (so axis-aligned scans are resampled without rotation, as TorchIO's
+``ToCanonical`` + ``Resample`` do; oblique scans keep their slice orientation).
+
+The :class:`Roi` is the exact record of the mapping: ``Roi.affine`` takes ROI indices to world
+RAS+, the volume's affine takes voxel indices there too, so points go in and logits come back
+through one 4x4 matrix (:meth:`Roi.volume_from_roi`). Images are sampled trilinearly (0 outside
+the volume); low-resolution logits are interpolated trilinearly *at each original voxel* and
+thresholded there (the mask is not a nearest-neighbour copy of a 128^3 result). Axis-aligned
+mappings use separable 1-D interpolation (an order of magnitude faster than ``grid_sample``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .volume import Volume
+
+Normalization = Literal["zscore_positive", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSpec:
+    """Model-frame parameters.
+
+    Attributes:
+        size: ROI side in voxels (the model's input size, 128 for the released models).
+        spacing: isotropic voxel size in mm (1.5 for the released models).
+        normalization: ``"zscore_positive"``: subtract the mean and divide by the standard
+            deviation of the ROI's voxels > 0 (upstream's ``ZNormalization(x > 0)``);
+            ``"none"``: the volume is already normalised.
+    """
+
+    size: int = 128
+    spacing: float = 1.5
+    normalization: Normalization = "zscore_positive"
+
+    def __post_init__(self) -> None:
+        if self.size < 2 or self.spacing <= 0:
+            raise ValueError(f"invalid frame: size {self.size}, spacing {self.spacing}")
+        if self.normalization not in ("zscore_positive", "none"):
+            raise ValueError(
+                f"normalization must be 'zscore_positive' or 'none', got {self.normalization!r}"
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class Roi:
+    """A region of interest in the model frame.
+
+    Attributes:
+        affine: ``(4, 4)`` ROI index ``(u0, u1, u2)`` -> world RAS+ mm. Tensor axis ``a`` of the
+            model input is ROI axis ``a``.
+        size: side in voxels.
+    """
+
+    affine: np.ndarray
+    size: int
+
+    @property
+    def center_world(self) -> np.ndarray:
+        """World RAS+ position of the ROI centre."""
+        c = (self.size - 1) / 2
+        return (self.affine @ np.array([c, c, c, 1.0]))[:3]
+
+    def volume_from_roi(self, volume: Volume) -> np.ndarray:
+        """``(4, 4)`` ROI index -> volume voxel index."""
+        return np.linalg.inv(volume.affine) @ self.affine
+
+    def roi_from_volume(self, volume: Volume) -> np.ndarray:
+        """``(4, 4)`` volume voxel index -> ROI index."""
+        return np.linalg.inv(self.affine) @ volume.affine
+
+    def contains(self, roi_points: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Which ``(N, 3)`` ROI-index points lie inside the cube (shrunk by ``margin`` voxels)."""
+        p = np.asarray(roi_points).reshape(-1, 3)
+        return np.all((p >= -0.5 + margin) & (p <= self.size - 0.5 - margin), axis=1)
+
+    def key(self) -> bytes:
+        """Hashable identity (for caches)."""
+        return np.round(self.affine, 6).tobytes() + self.size.to_bytes(4, "little")
+
+
+def canonical_axes(affine: np.ndarray) -> np.ndarray:
+    """World directions of the ROI axes: the volume's axes permuted/flipped to point to R, A, S.
+
+    Returns:
+        ``(3, 3)`` rotation; column ``a`` is ROI axis ``a`` in RAS+ (identity for axis-aligned
+        volumes).
+    """
+    direction = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    axes = np.zeros((3, 3))
+    free_world, free_vol = [0, 1, 2], [0, 1, 2]
+    weights = np.abs(direction)
+    for _ in range(3):  # greedy assignment, strongest alignment first
+        sub = weights[np.ix_(free_world, free_vol)]
+        w_idx, v_idx = np.unravel_index(int(np.argmax(sub)), sub.shape)
+        w, v = free_world[w_idx], free_vol[v_idx]
+        axes[:, w] = direction[:, v] * np.sign(direction[w, v])
+        free_world.remove(w)
+        free_vol.remove(v)
+    u, _, vt = np.linalg.svd(axes)  # nearest rotation (guards against sheared affines)
+    return u @ vt
+
+
+def roi_around(volume: Volume, center_index: np.ndarray, spec: FrameSpec) -> Roi:
+    """A ROI centred on a voxel index, shifted to stay inside the volume where it can.
+
+    Along each ROI axis: if the volume is longer than the ROI, the centre is moved just enough
+    for the ROI to lie inside the volume (more image, less padding; the point stays inside);
+    if it is shorter, the ROI is centred on the volume (padding on both sides).
+    """
+    axes = canonical_axes(volume.affine)
+    half = spec.spacing * (spec.size - 1) / 2
+    center = volume.index_to_world(np.asarray(center_index, dtype=np.float64))[0]
+    corners = (
+        np.array(np.meshgrid(*[[0, n - 1] for n in volume.shape], indexing="ij")).reshape(3, -1).T
+    )
+    extent = volume.index_to_world(corners) @ axes  # corner coordinates along the ROI axes
+    lo, hi = extent.min(axis=0), extent.max(axis=0)
+    along = center @ axes
+    for a in range(3):
+        if hi[a] - lo[a] >= 2 * half:
+            along[a] = np.clip(along[a], lo[a] + half, hi[a] - half)
+        else:
+            along[a] = (lo[a] + hi[a]) / 2
+    center = axes @ along
+    affine = np.eye(4)
+    affine[:3, :3] = axes * spec.spacing
+    affine[:3, 3] = center - axes @ np.full(3, half)
+    # snap ROI voxel 0 onto a volume voxel centre (at most half a volume voxel away): volume
+    # voxel centres then fall on ROI voxel centres whenever the spacing ratio is an integer, as
+    # in upstream's resampling (which keeps the volume's origin), and round trips are exact
+    to_vol = np.linalg.inv(volume.affine) @ affine
+    if _axis_aligned(to_vol) is not None:
+        shift = np.round(to_vol[:3, 3]) - to_vol[:3, 3]
+        affine[:3, 3] += volume.affine[:3, :3] @ shift
+    return Roi(affine, spec.size)
+
+
+def _axis_aligned(matrix: np.ndarray, tol: float = 1e-6) -> np.ndarray | None:
+    """For a 3x3 matrix with one dominant entry per column (others ~0): the row of each column."""
+    m = np.abs(matrix[:3, :3])
+    rows = np.argmax(m, axis=0)
+    if len(set(rows.tolist())) != 3:
+        return None
+    off = m.copy()
+    off[rows, [0, 1, 2]] = 0
+    return rows if off.max() <= tol * m.max() else None
+
+
+def _interp_matrix(
+    positions: np.ndarray, n: int, inside_lo: float, inside_hi: float, clamp_hi: int
+) -> torch.Tensor:
+    """Linear-interpolation weights ``(len(positions), n)`` sampling a length-``n`` signal.
+
+    Positions are clamped to ``[0, clamp_hi]`` (edge replication); rows whose position lies
+    outside ``[inside_lo, inside_hi]`` are all zero.
+    """
+    x = np.clip(positions, 0.0, clamp_hi)
+    x0 = np.floor(x).astype(np.int64)
+    x0 = np.minimum(x0, max(clamp_hi - 1, 0))
+    w1 = x - x0
+    rows = np.arange(len(positions))
+    weights = np.zeros((len(positions), n), dtype=np.float32)
+    valid = (positions >= inside_lo) & (positions <= inside_hi)
+    weights[rows[valid], x0[valid]] += (1.0 - w1[valid]).astype(np.float32)
+    has_next = valid & (x0 + 1 < n)
+    weights[rows[has_next], x0[has_next] + 1] += w1[has_next].astype(np.float32)
+    return torch.from_numpy(weights)
+
+
+def _contract(
+    block: torch.Tensor, mats: list[torch.Tensor], source_axes: list[int]
+) -> torch.Tensor:
+    """``out[a0, a1, a2] = sum W0[a0, x_s0] W1[a1, x_s1] W2[a2, x_s2] block[x0, x1, x2]`` where
+    output axis ``a`` reads block axis ``source_axes[a]``. Largest block axis contracted first."""
+    # track which output axis each current tensor axis holds (None = still a block axis)
+    current: list[tuple[str, int]] = [("in", 0), ("in", 1), ("in", 2)]
+    x = block
+    order = sorted(range(3), key=lambda a: -block.shape[source_axes[a]])
+    for a in order:
+        pos = current.index(("in", source_axes[a]))
+        x = torch.tensordot(mats[a], x, dims=([1], [pos]))  # new axis 0 = output axis a
+        current = [("out", a), *current[:pos], *current[pos + 1 :]]
+    perm = [current.index(("out", a)) for a in range(3)]
+    return x.permute(perm).contiguous()
+
+
+def _footprint(
+    matrix: np.ndarray, size: float, shape: tuple[int, int, int], margin: int = 1
+) -> tuple[slice, slice, slice]:
+    """Index bounding box (clipped to ``shape``) of the cube ``[-0.5, size-0.5]^3`` mapped by
+    ``matrix``, grown by ``margin`` voxels."""
+    c = np.array(np.meshgrid(*[[-0.5, size - 0.5]] * 3, indexing="ij")).reshape(3, -1).T
+    mapped = c @ matrix[:3, :3].T + matrix[:3, 3]
+    lo = np.floor(mapped.min(axis=0)).astype(int) - margin
+    hi = np.ceil(mapped.max(axis=0)).astype(int) + margin + 1
+    lo = np.clip(lo, 0, shape)
+    hi = np.clip(hi, 0, shape)
+    return (
+        slice(int(lo[0]), int(hi[0])),
+        slice(int(lo[1]), int(hi[1])),
+        slice(int(lo[2]), int(hi[2])),
+    )
+
+
+def resample_to_roi(volume: Volume, roi: Roi) -> torch.Tensor:
+    """The ROI's ``(size, size, size)`` float32 image: trilinear, 0 outside the volume.
+
+    A ROI voxel whose centre lies within half a voxel of the volume's outermost voxel centres
+    takes the edge value; further out it is 0 (TorchIO's ``CropOrPad`` pads with 0).
+    """
+    size = roi.size
+    to_vol = roi.volume_from_roi(volume)
+    box = _footprint(to_vol, size, volume.shape)
+    out = torch.zeros(size, size, size)
+    if any(s.stop <= s.start for s in box):
+        return out
+    block = torch.from_numpy(np.asarray(volume.array[box], dtype=np.float32))
+    start = np.array([s.start for s in box], dtype=np.float64)
+    n = np.array(volume.shape)
+    rows = _axis_aligned(to_vol)
+    u = np.arange(size, dtype=np.float64)
+    if rows is not None:
+        mats = []
+        for a in range(3):
+            p = rows[a]
+            pos = to_vol[p, a] * u + to_vol[p, 3]  # volume index along axis p
+            mats.append(
+                _interp_matrix(
+                    pos - start[p],
+                    block.shape[p],
+                    -0.5 - start[p],
+                    n[p] - 0.5 - start[p],
+                    block.shape[p] - 1,
+                )
+            )
+        return _contract(block, mats, [int(r) for r in rows])
+    grid = np.stack(np.meshgrid(u, u, u, indexing="ij"), axis=-1).reshape(-1, 3)
+    idx = grid @ to_vol[:3, :3].T + to_vol[:3, 3]
+    inside = np.all((idx >= -0.5) & (idx <= n - 0.5), axis=1)
+    local = idx - start
+    dims = np.array(block.shape, dtype=np.float64)
+    norm = 2 * local / np.maximum(dims - 1, 1) - 1  # align_corners=True
+    g = torch.from_numpy(norm[:, ::-1].copy()).float().view(1, size, size, size, 3)
+    sampled = F.grid_sample(
+        block[None, None], g, mode="bilinear", padding_mode="border", align_corners=True
+    )
+    mask = torch.from_numpy(inside.reshape(size, size, size))
+    return sampled[0, 0] * mask
+
+
+def normalize_roi(image: torch.Tensor, mode: Normalization) -> torch.Tensor:
+    """Upstream's ``ZNormalization(masking_method=x > 0)`` on the ROI (unbiased std).
+
+    With fewer than 2 voxels > 0 the statistics of the whole ROI are used; a constant ROI is
+    only shifted to mean 0.
+    """
+    if mode == "none":
+        return image
+    selected = image > 0
+    count = int(selected.sum())
+    if count < 2:
+        selected, count = torch.ones_like(selected), image.numel()
+    weights = selected.to(image.dtype)
+    mean = (image * weights).sum() / count
+    centred = image - mean
+    std = torch.sqrt((centred.square() * weights).sum() / (count - 1))
+    return centred / std if std > 0 else centred
+
+
+def roi_values_to_volume(
+    low_res: torch.Tensor, roi: Roi, volume: Volume
+) -> tuple[tuple[slice, slice, slice], torch.Tensor, torch.Tensor]:
+    """Interpolate values given on a grid covering the ROI at the original voxels it covers.
+
+    Args:
+        low_res: ``(L, L, L)`` values covering the ROI at any resolution: the model's
+            low-resolution logits (``L = size / 4``) or a full-resolution array (``L = size``).
+            Value ``y`` sits at ROI index ``(y + 0.5) * size / L - 0.5`` (``F.interpolate``'s
+            ``align_corners=False`` convention, edges clamped), as in upstream's post-processing.
+        roi, volume: the mapping.
+
+    Returns:
+        ``(box, values, inside)``: index slices of the covered block of the volume, the
+        interpolated values there ``(bi, bj, bk)`` float32, and which of those voxels lie
+        inside the ROI (only those may be updated).
+    """
+    size, n_low = roi.size, low_res.shape[0]
+    to_roi = roi.roi_from_volume(volume)
+    box = _footprint(np.linalg.inv(to_roi), size, volume.shape, margin=0)
+    shape = tuple(s.stop - s.start for s in box)
+    if 0 in shape:
+        empty = torch.zeros(shape)
+        return box, empty, empty.bool()
+    start = np.array([s.start for s in box], dtype=np.float64)
+    scale = n_low / size
+    low = low_res.float()
+    rows = _axis_aligned(np.linalg.inv(to_roi))  # ROI axis a <- volume axis rows[a]
+    if rows is not None:
+        mats, inside_axes = [], []
+        for a in range(3):
+            p = int(rows[a])
+            i = np.arange(shape[p], dtype=np.float64) + start[p]
+            u = to_roi[a, p] * i + to_roi[a, 3]
+            y = (u + 0.5) * scale - 0.5
+            mats.append((p, _interp_matrix(y, n_low, -np.inf, np.inf, n_low - 1)))
+            inside_axes.append((p, (u >= -0.5) & (u <= size - 0.5)))
+        # volume axis p reads low-res axis a: out[i_p ...] = sum_a W[i_p, y_a] low[y]
+        ordered = sorted(mats, key=lambda t: t[0])
+        source = [int(np.where(rows == p)[0][0]) for p in range(3)]
+        values = _contract(low, [m for _, m in ordered], source)
+        inside_np = np.ones(shape, dtype=bool)
+        for p, ok in inside_axes:
+            view = [1, 1, 1]
+            view[p] = -1
+            inside_np &= ok.reshape(view)
+        return box, values, torch.from_numpy(inside_np)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).reshape(
+        -1, 3
+    )
+    u = (grid + start) @ to_roi[:3, :3].T + to_roi[:3, 3]
+    inside = np.all((u >= -0.5) & (u <= size - 0.5), axis=1)
+    y = (u + 0.5) * scale - 0.5
+    norm = (2 * y + 1) / n_low - 1  # align_corners=False
+    g = torch.from_numpy(norm[:, ::-1].copy()).float().view(1, *shape, 3)
+    values = F.grid_sample(
+        low[None, None], g, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return box, values[0, 0], torch.from_numpy(inside.reshape(shape))

@@ -1,0 +1,362 @@
+"""Interactive segmentation of one volume from clicks.
+
+Coordinates: a click is a voxel index ``(i, j, k)`` of the array the user passed (the file's own
+index order for volumes read from files, see :mod:`fastsam3d.data.volume`), or world millimetres
+with the convention named explicitly (``world="ras"`` or ``"lps"``).
+
+Protocol (how the released weights were trained, UPSTREAM.md 0.5 and 4): each prediction sends
+the *newest* click(s) plus the previous low-resolution logits as the mask prompt; the first
+prediction in a region sends an all-zero mask. ``prompting="all"`` sends every click of the
+region instead (the newer SAM-Med3D protocol).
+
+Regions: the model sees one ``128^3`` ROI (1.5 mm voxels) at a time. The first click places a
+ROI around itself; the image embedding of a ROI is computed once and cached; clicks inside the
+ROI only run the prompt encoder and decoder; a click outside starts a new ROI
+(``MaskResult.new_region``). The mask lives on the original grid: each prediction recomputes the
+voxels its ROI covers and leaves the rest as they were, so objects larger than one ROI can be
+built from several regions.
+
+One loaded model can serve many sessions: a session never changes the model, seeds, thread
+counts or global flags; it runs under ``torch.inference_mode`` on the model's device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..data.frame import (
+    FrameSpec,
+    Roi,
+    normalize_roi,
+    resample_to_roi,
+    roi_around,
+    roi_values_to_volume,
+)
+from ..data.volume import Volume, WorldConvention, check_voxels
+from ..modeling.sam3d import Sam3D
+
+log = logging.getLogger(__name__)
+
+Prompting = Literal["newest", "all"]
+Box3 = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    """A point prompt: voxel index ``(i, j, k)`` of the session's volume (continuous)."""
+
+    index: tuple[float, float, float]
+    positive: bool
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """The outcome of one prediction.
+
+    Attributes:
+        mask: ``(I, J, K)`` bool on the original grid (a copy: the session's state after this
+            prediction).
+        logits: ``(1, 1, L, L, L)`` low-resolution logits in the ROI (``L = 32``).
+        iou: the model's IoU estimate.
+        roi: the region the model saw.
+        changed: index box of the original grid that this prediction recomputed.
+        new_region: whether this prediction started a new ROI.
+        timings_ms: ``preprocess`` (resample + normalise) and ``encode`` (both 0 when the ROI
+            embedding was cached), ``decode``, ``map`` (back to the original grid and mask
+            update), ``total``.
+    """
+
+    mask: np.ndarray
+    logits: torch.Tensor
+    iou: float
+    roi: Roi
+    changed: Box3
+    new_region: bool
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class _Step:
+    n_clicks: int
+    roi: Roi | None
+    logits: torch.Tensor | None
+    box: Box3
+    previous_block: np.ndarray
+
+
+class Session:
+    """Click-by-click segmentation of one volume with a shared, read-only model.
+
+    Args:
+        model: a loaded model (eval mode), e.g. ``fastsam3d.load_model("fastsam3d", ckpt)``.
+        frame: model-frame parameters; default: the model's input size at 1.5 mm, z-normalised.
+        prompting: ``"newest"`` (default, as trained) or ``"all"`` clicks of the region.
+        cache_size: number of ROI embeddings kept.
+
+    Example:
+        >>> session = Session(model)
+        >>> session.set_image(read_volume("ct.nii.gz"))
+        >>> result = session.add_click((60, 48, 70))             # positive click, (i, j, k)
+        >>> result = session.add_click((64, 50, 66), positive=False)
+        >>> session.undo()
+        >>> write_label_map(session.mask, session.volume, "liver.nii.gz")
+    """
+
+    def __init__(
+        self,
+        model: Sam3D,
+        *,
+        frame: FrameSpec | None = None,
+        prompting: Prompting = "newest",
+        cache_size: int = 4,
+    ) -> None:
+        self.model = model
+        self.frame = frame or FrameSpec(size=model.cfg.image_size)
+        if self.frame.size != model.cfg.image_size:
+            raise ValueError(
+                f"frame size {self.frame.size} differs from the model input {model.cfg.image_size}"
+            )
+        if prompting not in ("newest", "all"):
+            raise ValueError(f"prompting must be 'newest' or 'all', got {prompting!r}")
+        self.prompting: Prompting = prompting
+        self.cache_size = max(1, cache_size)
+        self._volume: Volume | None = None
+        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._clear_prompts()
+
+    # -- image ------------------------------------------------------------------------------
+
+    def set_image(
+        self,
+        image: Volume | np.ndarray,
+        *,
+        spacing: tuple[float, float, float] | None = None,
+        affine: np.ndarray | None = None,
+    ) -> None:
+        """Use a new image; clears prompts, mask and cached embeddings.
+
+        Args:
+            image: a :class:`Volume`, or an ``(I, J, K)`` array with ``spacing`` (mm, default 1)
+                or a full voxel-to-RAS ``affine``.
+        """
+        if isinstance(image, Volume):
+            if spacing is not None or affine is not None:
+                raise ValueError("spacing/affine apply to arrays; a Volume carries its own")
+            volume = image
+        else:
+            volume = Volume.from_array(np.asarray(image), spacing or (1.0, 1.0, 1.0), affine)
+        check_voxels(volume)
+        self._volume = volume
+        self._cache.clear()
+        self._clear_prompts()
+
+    @property
+    def volume(self) -> Volume:
+        if self._volume is None:
+            raise RuntimeError("call set_image(...) first")
+        return self._volume
+
+    def _clear_prompts(self) -> None:
+        self._clicks: list[Click] = []
+        self._pending: list[Click] = []
+        self._history: list[_Step] = []
+        self._roi: Roi | None = None
+        self._logits: torch.Tensor | None = None
+        self._mask = None if self._volume is None else np.zeros(self._volume.shape, dtype=bool)
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Current ``(I, J, K)`` bool mask on the original grid (read-only view)."""
+        if self._mask is None:
+            raise RuntimeError("call set_image(...) first")
+        view = self._mask.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def roi(self) -> Roi | None:
+        """The region of the last prediction."""
+        return self._roi
+
+    @property
+    def prompts(self) -> tuple[Click, ...]:
+        """All clicks so far, predicted or pending, oldest first."""
+        return tuple(self._clicks + self._pending)
+
+    # -- prompts ----------------------------------------------------------------------------
+
+    def add_click(
+        self,
+        point: Sequence[float] | np.ndarray,
+        positive: bool = True,
+        *,
+        world: WorldConvention | None = None,
+        predict: bool = True,
+    ) -> MaskResult | None:
+        """Add a click; predict at once unless ``predict=False`` (then call :meth:`predict`).
+
+        Args:
+            point: voxel index ``(i, j, k)``, or world mm when ``world`` is ``"ras"``/``"lps"``.
+            positive: foreground (True) or background (False) click.
+            world: the convention of ``point`` if it is in millimetres.
+
+        Raises:
+            RuntimeError: no image set. ValueError: malformed point or outside the image.
+        """
+        index = self._to_index(point, world)
+        self._pending.append(
+            Click((float(index[0]), float(index[1]), float(index[2])), bool(positive))
+        )
+        return self.predict() if predict else None
+
+    def _to_index(
+        self, point: Sequence[float] | np.ndarray, world: WorldConvention | None
+    ) -> np.ndarray:
+        volume = self.volume
+        try:
+            p = np.asarray(point, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"a point must be 3 numbers, got {point!r}") from None
+        if p.shape != (3,) or not np.all(np.isfinite(p)):
+            raise ValueError(f"a point must be 3 finite numbers, got {point!r}")
+        if world is not None:
+            p = volume.world_to_index(p, world)[0]
+            lo, hi = -0.5, np.array(volume.shape) - 0.5
+            what = (
+                f"world point {tuple(np.round(np.asarray(point, float), 3))} mm ({world.upper()})"
+            )
+        else:
+            lo, hi = 0.0, np.array(volume.shape) - 1
+            what = f"voxel index {tuple(np.asarray(point).tolist())}"
+        if np.any(p < lo) or np.any(p > hi):
+            raise ValueError(
+                f"{what} lies outside the image (voxel indices 0..{volume.shape[0] - 1}, "
+                f"0..{volume.shape[1] - 1}, 0..{volume.shape[2] - 1})"
+            )
+        return p
+
+    def predict(self) -> MaskResult:
+        """Predict from the pending clicks (and, per ``prompting``, earlier ones)."""
+        volume = self.volume
+        if not self._pending:
+            raise RuntimeError("no new clicks to predict from; call add_click(...) first")
+        t0 = time.perf_counter()
+        pending = np.array([c.index for c in self._pending])
+        roi, new_region = self._region_for(pending)
+        to_roi = roi.roi_from_volume(volume)
+        previous_logits = None if new_region else self._logits
+        clicks = (
+            self._pending
+            if self.prompting == "newest"
+            else [
+                c
+                for c in self._clicks + self._pending
+                if roi.contains(_apply(to_roi, np.array([c.index])))[0]
+            ]
+        )
+        coords = _apply(to_roi, np.array([c.index for c in clicks]))
+        embedding, timings = self._embedding(roi)
+        t1 = time.perf_counter()
+        low = self.model.cfg.low_res_size
+        device, dtype = self.model.device, self.model.dtype
+        mask_prompt = (
+            previous_logits
+            if previous_logits is not None
+            else torch.zeros(1, 1, low, low, low, device=device, dtype=dtype)
+        )
+        with torch.inference_mode():
+            logits, iou = self.model.decode(
+                embedding,
+                torch.as_tensor(coords[None], dtype=torch.float32, device=device),
+                torch.tensor([[1 if c.positive else 0 for c in clicks]], device=device),
+                mask_logits=mask_prompt,
+            )
+        t2 = time.perf_counter()
+        box, values, inside = roi_values_to_volume(logits[0, 0].cpu(), roi, volume)
+        assert self._mask is not None
+        previous_block = self._mask[box].copy()
+        self._mask[box] = np.where(inside.numpy(), values.numpy() > 0, previous_block)
+        self._history.append(
+            _Step(len(self._pending), self._roi, self._logits, box, previous_block)
+        )
+        self._clicks.extend(self._pending)
+        self._pending = []
+        self._roi, self._logits = roi, logits
+        t3 = time.perf_counter()
+        if new_region:
+            log.info("new region of interest centred at %s mm (RAS)", np.round(roi.center_world, 1))
+        timings.update(decode=1e3 * (t2 - t1), map=1e3 * (t3 - t2), total=1e3 * (t3 - t0))
+        return MaskResult(
+            self._mask.copy(), logits, float(iou[0, 0]), roi, box, new_region, timings
+        )
+
+    def _region_for(self, points: np.ndarray) -> tuple[Roi, bool]:
+        """Keep the current ROI if it holds every point, else a new ROI around their centre."""
+        volume = self.volume
+        current = self._roi
+        if (
+            current is not None
+            and current.contains(_apply(current.roi_from_volume(volume), points)).all()
+        ):
+            return current, False
+        roi = roi_around(volume, points.mean(axis=0), self.frame)
+        if not roi.contains(_apply(roi.roi_from_volume(volume), points)).all():
+            raise ValueError(
+                "the pending clicks are too far apart for one region of interest "
+                f"({self.frame.size * self.frame.spacing:.0f} mm); predict between them"
+            )
+        return roi, True
+
+    def _embedding(self, roi: Roi) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cached ROI embedding, and the time spent preprocessing and encoding (0 if cached)."""
+        key = roi.key()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key], {"preprocess": 0.0, "encode": 0.0}
+        t0 = time.perf_counter()
+        image = normalize_roi(resample_to_roi(self.volume, roi), self.frame.normalization)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            embedding = self.model.encode(image[None, None].to(self.model.device))
+        self._cache[key] = embedding
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        t2 = time.perf_counter()
+        return embedding, {"preprocess": 1e3 * (t1 - t0), "encode": 1e3 * (t2 - t1)}
+
+    # -- history ----------------------------------------------------------------------------
+
+    def undo(self) -> bool:
+        """Remove the last click (or the clicks of the last prediction) and restore the mask
+        exactly as it was before. Returns False when there is nothing to undo."""
+        if self._pending:
+            self._pending.pop()
+            return True
+        if not self._history:
+            return False
+        step = self._history.pop()
+        assert self._mask is not None
+        self._mask[step.box] = step.previous_block
+        self._roi, self._logits = step.roi, step.logits
+        del self._clicks[len(self._clicks) - step.n_clicks :]
+        return True
+
+    def reset(self) -> None:
+        """Forget clicks and mask; keep the image and cached embeddings."""
+        self.volume  # noqa: B018 (raises before set_image)
+        self._clear_prompts()
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 affine to ``(N, 3)`` points."""
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
