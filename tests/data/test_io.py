@@ -300,3 +300,17 @@ def test_nifti_voxels_fall_back_to_nibabel(tmp_path: Path, monkeypatch) -> None:
     volume = read_volume(path)
     assert np.array_equal(volume.array, np.asanyarray(nib.load(str(path)).dataobj))
     assert io.volume_format(path) == "nifti"
+
+
+def test_mhd_with_separate_raw_file_is_read(tmp_path: Path) -> None:
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(6, 5, 4)  # (k, j, i) for SimpleITK
+    image = sitk.GetImageFromArray(data)
+    image.SetSpacing((0.5, 0.75, 2.0))
+    image.SetOrigin((1.0, 2.0, 3.0))
+    sitk.WriteImage(image, str(tmp_path / "v.mhd"))
+    assert (tmp_path / "v.raw").is_file() or (tmp_path / "v.zraw").is_file()
+    volume = read_volume(tmp_path / "v.mhd")
+    assert volume.shape == (4, 5, 6)
+    assert np.array_equal(volume.array, data.transpose(2, 1, 0))
+    assert volume.spacing == pytest.approx((0.5, 0.75, 2.0))
+    np.testing.assert_allclose(volume.index_to_world(np.zeros((1, 3)), "lps"), [[1.0, 2.0, 3.0]])
