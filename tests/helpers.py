@@ -91,10 +91,12 @@ def write_dicom_series(
 
 class OracleModel:
     """Stand-in for ``Sam3D`` that segments bright voxels: the embedding is the ROI image itself
-    and the logits are its 4x4x4 block means minus 0.5. Records what it was given."""
+    and the logits are its ``factor``-cubed block means minus 0.5 (``factor=1``: the image at full
+    resolution, i.e. exactly the truth when the image is the truth). Records what it was given."""
 
-    def __init__(self, size: int = 128) -> None:
-        self.cfg = SimpleNamespace(image_size=size, low_res_size=size // 4)
+    def __init__(self, size: int = 128, factor: int = 4) -> None:
+        self.factor = factor
+        self.cfg = SimpleNamespace(image_size=size, low_res_size=size // factor)
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self.encode_calls = 0
@@ -106,5 +108,5 @@ class OracleModel:
 
     def decode(self, embedding, points, labels, mask_logits=None, multimask=False):
         self.calls.append({"points": points.clone(), "labels": labels.clone(), "mask": mask_logits})
-        logits = F.avg_pool3d(embedding, 4) - 0.5
+        logits = F.avg_pool3d(embedding, self.factor) - 0.5
         return logits, torch.ones(points.shape[0], 1)

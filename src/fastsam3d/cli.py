@@ -318,6 +318,106 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- eval ---------------------------------------------------------------------------------------
+
+
+def _parse_clicks(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        values = ()
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected click counts like '1,3,5,10', got {text!r}")
+    return values
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .build import load_model
+    from .eval.baseline import RandomWalkerBaseline
+    from .eval.datasets import load_cases
+    from .eval.protocols import Method
+    from .eval.report import plot_curves, read_rows, summary_markdown
+    from .eval.runner import EvalConfig, distributed_context, evaluate, merge
+
+    models = args.model or []
+    ckpts = args.checkpoint or []
+    if len(models) != len(ckpts):
+        raise ValueError(
+            f"give one --checkpoint per --model ({len(models)} models, {len(ckpts)} checkpoints); "
+            "use --checkpoint random for random weights"
+        )
+    if not models and args.no_baseline:
+        raise ValueError("nothing to evaluate: give --model/--checkpoint or keep the baseline")
+    config = EvalConfig(
+        protocol=args.protocol,
+        simulator=args.simulator,
+        clicks=args.clicks,
+        seed=args.seed,
+        logit_quirk=args.logit_quirk,
+        structures=tuple(s.strip() for s in args.structures.split(","))
+        if args.structures
+        else None,
+    )
+    cases = load_cases(
+        args.data, args.layout, split=args.split, channel=args.channel, modality=args.modality
+    )
+    if args.max_cases:
+        cases = cases[: args.max_cases]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _resolve_device(args.device)
+    methods: list[Method] = []
+    for name, ckpt in zip(models, ckpts, strict=True):
+        random = ckpt == "random"
+        model = load_model(name, None if random else ckpt, device=device, seed=args.seed)
+        label = f"{name} (random weights)" if random else f"{name} ({Path(ckpt).name})"
+        methods.append(Method(label, model))
+    if not args.no_baseline:
+        size = methods[0].model.cfg.image_size if methods else 128
+        low = methods[0].model.cfg.low_res_size if methods else 32
+        methods.append(Method("random walker (no network)", RandomWalkerBaseline(size, low), "all"))
+    labels = [m.name for m in methods]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two methods share a name: {labels}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world, initialised = distributed_context()
+    show = rank == 0
+    evaluate(
+        cases,
+        methods,
+        config,
+        out,
+        rank=rank,
+        world=world,
+        progress=(
+            lambda items: tqdm(
+                list(items), desc=f"cases (rank {rank}/{world})", unit="case", file=sys.stderr
+            )
+        )
+        if show
+        else None,
+    )
+    if initialised:
+        torch.distributed.barrier()
+    if rank == 0:
+        results, timings = merge(out)
+        rows = read_rows(results)
+        summary = summary_markdown(rows, config.clicks, read_rows(timings))
+        (out / "summary.md").write_text(summary)
+        title = f"{args.layout}: {config.protocol} protocol, {config.simulator} clicks"
+        plot = plot_curves(rows, out / "dice_vs_clicks.png", title) if rows else None
+        print(summary)
+        print(f"wrote {results}, {timings}, {out / 'summary.md'}" + (f", {plot}" if plot else ""))
+    if initialised:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return 0
+
+
 def _write_json_atomic(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -438,6 +538,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser(
+        "eval",
+        help="interactive evaluation: simulated clicks, Dice per click, Table-2 style summary",
+        description="Evaluate models (and a model-free random-walker baseline) on a dataset with "
+        "simulated clicks. Writes OUT/results.csv (per case, structure, method, click), "
+        "timings.csv, summary.md and dice_vs_clicks.png; resumes where an earlier run stopped. "
+        "Run under `torchrun --nproc_per_node N -m fastsam3d.cli eval ...` to split the cases "
+        "over N processes.",
+    )
+    p.add_argument("data", help="dataset folder, a .csv/.json manifest, or sample names (ct,mr)")
+    p.add_argument(
+        "--layout",
+        required=True,
+        choices=("amos", "nnunet", "totalseg", "brats", "manifest", "samples"),
+        help="samples: DATA is a list of bundled samples, e.g. ct,mr",
+    )
+    p.add_argument("--model", action="append", help="registry name (repeatable)")
+    p.add_argument("--checkpoint", action="append", help="checkpoint per --model, or 'random'")
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-walker baseline")
+    p.add_argument("--clicks", type=_parse_clicks, default=(1, 3, 5, 10), help="e.g. 1,3,5,10")
+    p.add_argument("--protocol", choices=("paper", "realistic"), default="realistic")
+    p.add_argument("--simulator", choices=("upstream", "center", "random"), default="center")
+    p.add_argument(
+        "--logit-quirk",
+        action="store_true",
+        help="upstream simulator: read the prediction as logit > 0.5, as upstream did",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", help="amos/nnunet: training|validation; totalseg: meta.csv split")
+    p.add_argument("--channel", type=int, help="channel of multi-channel images")
+    p.add_argument("--modality", default="t1ce", help="brats: t1, t1ce, t2 or flair")
+    p.add_argument("--structures", help="only these structure names, comma-separated")
+    p.add_argument("--max-cases", type=int, help="only the first N cases")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, help="CPU threads per process")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("samples", help="the bundled sample scans: list, verify, fetch")
     p.add_argument("action", choices=("list", "verify", "fetch"))

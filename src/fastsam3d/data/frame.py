@@ -113,12 +113,15 @@ def canonical_axes(affine: np.ndarray) -> np.ndarray:
     return u @ vt
 
 
-def roi_around(volume: Volume, center_index: np.ndarray, spec: FrameSpec) -> Roi:
+def roi_around(
+    volume: Volume, center_index: np.ndarray, spec: FrameSpec, clamp: bool = True
+) -> Roi:
     """A ROI centred on a voxel index, shifted to stay inside the volume where it can.
 
-    Along each ROI axis: if the volume is longer than the ROI, the centre is moved just enough
-    for the ROI to lie inside the volume (more image, less padding; the point stays inside);
-    if it is shorter, the ROI is centred on the volume (padding on both sides).
+    Along each ROI axis (``clamp=True``): if the volume is longer than the ROI, the centre is
+    moved just enough for the ROI to lie inside the volume (more image, less padding; the point
+    stays inside); if it is shorter, the ROI is centred on the volume (padding on both sides).
+    ``clamp=False`` keeps the centre where it is (upstream's ``CropOrPad`` around a label).
     """
     axes = canonical_axes(volume.affine)
     half = spec.spacing * (spec.size - 1) / 2
@@ -129,7 +132,7 @@ def roi_around(volume: Volume, center_index: np.ndarray, spec: FrameSpec) -> Roi
     extent = volume.index_to_world(corners) @ axes  # corner coordinates along the ROI axes
     lo, hi = extent.min(axis=0), extent.max(axis=0)
     along = center @ axes
-    for a in range(3):
+    for a in range(3 if clamp else 0):
         if hi[a] - lo[a] >= 2 * half:
             along[a] = np.clip(along[a], lo[a] + half, hi[a] - half)
         else:

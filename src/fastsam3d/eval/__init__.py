@@ -1,0 +1,1 @@
+"""Interactive evaluation: metrics, click simulators, dataset layouts, protocols, reports."""

@@ -1,0 +1,168 @@
+"""Simulated users: where the next click goes, given the current prediction and the truth.
+
+Every simulator takes an explicit ``numpy.random.Generator``; the same seed gives the same
+clicks. Masks are ``(I, J, K)`` bool arrays on one grid with voxel ``spacing`` in mm.
+
+- :class:`UpstreamClicker`: SAM-Med3D / FastSAM3D evaluation (UPSTREAM.md 4): clicks 1 and 2
+  in the inner core of the larger error region (Euclidean distance transform, candidates with
+  distance > half the maximum, uniform choice), later clicks uniform in the error region.
+  ``logit_quirk=True`` reproduces upstream's reading of the prediction as ``logit > 0.5``
+  (instead of ``logit > 0``) where logits are available.
+- :class:`CenterClicker`: the centre of the largest error (RITM / SAM2's
+  ``sample_one_point_from_error_center``): the error voxel farthest from the error's boundary.
+- :class:`RandomClicker`: uniform over the error region.
+
+A click is positive when it lies in a false-negative voxel (missed truth) and negative in a
+false-positive one. Simulators return ``None`` when there is no error left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import edt
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedClick:
+    """Voxel index ``(i, j, k)`` and polarity."""
+
+    index: tuple[int, int, int]
+    positive: bool
+
+
+class ClickSimulator(Protocol):
+    """What evaluation protocols need from a simulator."""
+
+    name: str
+    prediction_threshold: float
+    """Logit threshold at which a protocol binarises the prediction *for the simulator*."""
+
+    def next_click(
+        self,
+        pred: np.ndarray,
+        gt: np.ndarray,
+        rng: np.random.Generator,
+        spacing: Sequence[float],
+        step: int,
+    ) -> SimulatedClick | None:
+        """The click after ``step`` earlier clicks (0-based)."""
+        ...
+
+
+def _errors(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p, g = np.asarray(pred, bool), np.asarray(gt, bool)
+    if p.shape != g.shape:
+        raise ValueError(f"prediction {p.shape} and truth {g.shape} differ in shape")
+    return g & ~p, p & ~g
+
+
+def _inner_distance(
+    region: np.ndarray, spacing: Sequence[float]
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Distance (mm) of each voxel of ``region`` to its boundary, on the region's bounding box
+    (padded by one background voxel, as upstream pads before ``edt``)."""
+    idx = np.argwhere(region)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    padded = np.pad(region[box], 1)
+    dist = edt.edt(
+        padded, anisotropy=tuple(float(s) for s in spacing), black_border=True, parallel=1
+    )
+    return dist[1:-1, 1:-1, 1:-1], box
+
+
+def _pick(candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return candidates[int(rng.integers(len(candidates)))]
+
+
+def _to_click(index: np.ndarray, fn: np.ndarray) -> SimulatedClick:
+    i, j, k = (int(v) for v in index)
+    return SimulatedClick((i, j, k), bool(fn[i, j, k]))
+
+
+class UpstreamClicker:
+    """SAM-Med3D / FastSAM3D's evaluation clicks (see the module docstring).
+
+    Args:
+        logit_quirk: view the prediction as ``logit > 0.5`` (upstream's code) instead of
+            ``logit > 0``.
+        core_clicks: how many clicks use the distance-transform rule (2 upstream).
+    """
+
+    name = "upstream"
+
+    def __init__(self, logit_quirk: bool = False, core_clicks: int = 2) -> None:
+        self.prediction_threshold = 0.5 if logit_quirk else 0.0
+        self.core_clicks = core_clicks
+
+    def next_click(self, pred, gt, rng, spacing, step):  # type: ignore[no-untyped-def]
+        fn, fp = _errors(pred, gt)
+        if not (fn.any() or fp.any()):
+            return None
+        if step >= self.core_clicks:
+            return _to_click(_pick(np.argwhere(fn | fp), rng), fn)
+        best = None
+        for region in (fn, fp):
+            if region.any():
+                dist, box = _inner_distance(region, spacing)
+                top = float(dist.max())
+                if best is None or top > best[0]:
+                    best = (top, dist, box)
+        assert best is not None
+        top, dist, box = best  # ties go to the false negatives (upstream: positive iff fn > fp)
+        local = _pick(np.argwhere(dist > top / 2), rng)
+        return _to_click(local + np.array([s.start for s in box]), fn)
+
+
+class CenterClicker:
+    """The centre of the largest error: the error voxel farthest from the error's boundary
+    (false negatives win ties, then a uniform choice among equally deep voxels)."""
+
+    name = "center"
+    prediction_threshold = 0.0
+
+    def next_click(self, pred, gt, rng, spacing, step):  # type: ignore[no-untyped-def]
+        fn, fp = _errors(pred, gt)
+        best = None
+        for region in (fn, fp):
+            if region.any():
+                dist, box = _inner_distance(region, spacing)
+                top = float(dist.max())
+                if best is None or top > best[0]:
+                    best = (top, dist, box)
+        if best is None:
+            return None
+        top, dist, box = best
+        local = _pick(np.argwhere(dist == top), rng)
+        return _to_click(local + np.array([s.start for s in box]), fn)
+
+
+class RandomClicker:
+    """A uniformly random voxel of the error region."""
+
+    name = "random"
+    prediction_threshold = 0.0
+
+    def next_click(self, pred, gt, rng, spacing, step):  # type: ignore[no-untyped-def]
+        fn, fp = _errors(pred, gt)
+        errors = np.argwhere(fn | fp)
+        if len(errors) == 0:
+            return None
+        return _to_click(_pick(errors, rng), fn)
+
+
+def make_simulator(name: str, logit_quirk: bool = False) -> ClickSimulator:
+    """``"upstream"``, ``"center"`` or ``"random"``."""
+    if name == "upstream":
+        return UpstreamClicker(logit_quirk=logit_quirk)
+    if logit_quirk:
+        raise ValueError("the logit quirk belongs to the upstream simulator")
+    if name == "center":
+        return CenterClicker()
+    if name == "random":
+        return RandomClicker()
+    raise ValueError(f"unknown simulator {name!r}; choose upstream, center or random")

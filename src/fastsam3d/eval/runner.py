@@ -1,0 +1,295 @@
+"""Running an evaluation over a dataset: tasks, sharding, resumable results, merged outputs.
+
+A *task* is one structure of one case, segmented by one method. Each finished task is written
+atomically to ``OUT/parts/`` (its click rows, and its timings separately), so an interrupted run
+resumes where it stopped. Under ``torchrun --nproc_per_node N`` (``RANK`` / ``WORLD_SIZE`` in the
+environment) cases are dealt out round-robin to the processes (gloo), and rank 0 merges the parts
+into ``results.csv`` (deterministic: no timings in it), ``timings.csv``, ``summary.md`` and
+``dice_vs_clicks.png``. The clicks of a task depend only on the seed, the case and the structure
+(not on the process or the method), so every method gets the same first click and the merged
+results do not depend on how the work was split.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import re
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.frame import FrameSpec
+from ..data.io import read_volume
+from ..data.volume import Volume
+from .clicks import make_simulator
+from .datasets import Case, DatasetError, Structure
+from .protocols import ClickRecord, Method, Protocol, run_paper, run_realistic
+
+log = logging.getLogger(__name__)
+
+RESULT_FIELDS = (
+    "dataset",
+    "case",
+    "structure",
+    "label",
+    "method",
+    "protocol",
+    "simulator",
+    "seed",
+    "click",
+    "positive",
+    "i",
+    "j",
+    "k",
+    "dice",
+    "nsd",
+    "new_region",
+    "gt_voxels",
+    "gt_mm3",
+)
+TIMING_FIELDS = ("case", "structure", "method", "click", "time_ms")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to run.
+
+    Attributes:
+        protocol: ``"paper"`` or ``"realistic"``.
+        simulator: ``"upstream"``, ``"center"`` or ``"random"``.
+        clicks: click counts to report (the run makes ``max(clicks)`` clicks).
+        seed: seed of the click simulators.
+        logit_quirk: upstream's ``logit > 0.5`` reading of the prediction (paper protocol).
+        min_volume_mm3: structures smaller than this are skipped (upstream: 10 mm^3).
+        tolerance_mm: normalised surface Dice tolerance.
+        structures: evaluate only these structure names (None: all).
+    """
+
+    protocol: Protocol = "realistic"
+    simulator: str = "center"
+    clicks: tuple[int, ...] = (1, 3, 5, 10)
+    seed: int = 0
+    logit_quirk: bool = False
+    min_volume_mm3: float = 10.0
+    tolerance_mm: float = 2.0
+    structures: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("paper", "realistic"):
+            raise ValueError(f"protocol must be 'paper' or 'realistic', got {self.protocol!r}")
+        if not self.clicks or min(self.clicks) < 1:
+            raise ValueError(f"clicks must be positive counts, got {self.clicks}")
+        make_simulator(self.simulator, self.logit_quirk)  # validates the names
+
+    @property
+    def n_clicks(self) -> int:
+        return max(self.clicks)
+
+
+def task_rng(seed: int, case_id: str, structure: str) -> np.random.Generator:
+    """The click generator of one task: independent of process, order and method."""
+    return np.random.default_rng(
+        np.random.SeedSequence([seed, zlib.crc32(case_id.encode()), zlib.crc32(structure.encode())])
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def _part_name(case: Case, structure: str, method: str) -> str:
+    return f"{_slug(case.case_id)}__{_slug(structure)}__{_slug(method)}"
+
+
+def _write_csv_atomic(
+    path: Path, fields: Sequence[str], rows: Iterable[Mapping[str, object]]
+) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else repr(float(value))
+
+
+def load_targets(case: Case, volume: Volume) -> list[tuple[Structure, np.ndarray]]:
+    """Boolean masks of a case's structures on the image grid (label files read once)."""
+    cache: dict[Path, Volume] = {}
+
+    def labels_at(path: Path) -> Volume:
+        if path not in cache:
+            labels = read_volume(path)
+            if labels.shape != volume.shape or not np.allclose(
+                labels.affine, volume.affine, atol=1e-3
+            ):
+                raise DatasetError(
+                    f"{path}: labels {labels.shape} are not on the grid of {case.image} "
+                    f"{volume.shape} (shape or affine differ)"
+                )
+            cache[path] = labels
+        return cache[path]
+
+    structures = list(case.structures)
+    if not structures and case.label_map is not None:
+        values = np.unique(labels_at(case.label_map).array)
+        structures = [
+            Structure(f"label_{int(v)}", case.label_map, int(v)) for v in values if v != 0
+        ]
+    targets = []
+    for s in structures:
+        arr = labels_at(s.path).array
+        targets.append((s, arr != 0 if s.value is None else arr == s.value))
+    return targets
+
+
+def evaluate(
+    cases: Sequence[Case],
+    methods: Sequence[Method],
+    config: EvalConfig,
+    out_dir: Path,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    progress: Callable[[Iterable[Case]], Iterable[Case]] | None = None,
+) -> None:
+    """Run this process's share of the tasks, writing one part per finished task."""
+    parts = out_dir / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    simulator = make_simulator(config.simulator, config.logit_quirk)
+    mine: Iterable[Case] = [c for n, c in enumerate(cases) if n % world == rank]
+    if progress is not None:
+        mine = progress(mine)
+    for case in mine:
+        wanted = [
+            s.name
+            for s in case.structures
+            if config.structures is None or s.name in config.structures
+        ]
+        if case.structures and all(
+            _done(parts, _part_name(case, n, m.name)) for n in wanted for m in methods
+        ):
+            continue  # resumed run: this case is finished, do not even read it
+        volume = read_volume(case.image, channel=case.channel)
+        targets = load_targets(case, volume)
+        voxel_mm3 = float(np.prod(volume.spacing))
+        for method in methods:
+            frame = FrameSpec(size=method.model.cfg.image_size)
+            for structure, gt in targets:
+                if config.structures is not None and structure.name not in config.structures:
+                    continue
+                name = _part_name(case, structure.name, method.name)
+                if _done(parts, name):
+                    continue
+                gt_voxels = int(gt.sum())
+                if gt_voxels * voxel_mm3 < config.min_volume_mm3:
+                    size = f"{gt_voxels} voxels = {gt_voxels * voxel_mm3:.1f} mm3"
+                    (parts / f"{name}.skipped").write_text(f"{size} < {config.min_volume_mm3}\n")
+                    continue
+                rng = task_rng(config.seed, case.case_id, structure.name)
+                run = run_paper if config.protocol == "paper" else run_realistic
+                kwargs = {} if config.protocol == "paper" else {"tolerance_mm": config.tolerance_mm}
+                records = run(method, volume, gt, simulator, config.n_clicks, rng, frame, **kwargs)
+                _write_task(
+                    parts, name, case, structure, method, config, records, gt_voxels, voxel_mm3
+                )
+
+
+def _done(parts: Path, name: str) -> bool:
+    return (parts / f"{name}.csv").exists() or (parts / f"{name}.skipped").exists()
+
+
+def _write_task(
+    parts: Path,
+    name: str,
+    case: Case,
+    structure: Structure,
+    method: Method,
+    config: EvalConfig,
+    records: list[ClickRecord],
+    gt_voxels: int,
+    voxel_mm3: float,
+) -> None:
+    base = {
+        "dataset": case.dataset,
+        "case": case.case_id,
+        "structure": structure.name,
+        "label": "" if structure.value is None else structure.value,
+        "method": method.name,
+        "protocol": config.protocol,
+        "simulator": config.simulator + ("+quirk" if config.logit_quirk else ""),
+        "seed": config.seed,
+        "gt_voxels": gt_voxels,
+        "gt_mm3": _fmt(gt_voxels * voxel_mm3),
+    }
+    rows = []
+    for r in records:
+        i, j, k = r.index if r.index is not None else ("", "", "")
+        rows.append(
+            {
+                **base,
+                "click": r.click,
+                "positive": "" if r.positive is None else int(r.positive),
+                "i": i,
+                "j": j,
+                "k": k,
+                "dice": _fmt(r.dice),
+                "nsd": _fmt(r.nsd),
+                "new_region": int(r.new_region),
+            }
+        )
+    timings = [
+        {
+            "case": case.case_id,
+            "structure": structure.name,
+            "method": method.name,
+            "click": r.click,
+            "time_ms": f"{r.time_ms:.3f}",
+        }
+        for r in records
+    ]
+    _write_csv_atomic(parts / f"{name}.timing.csv", TIMING_FIELDS, timings)
+    _write_csv_atomic(parts / f"{name}.csv", RESULT_FIELDS, rows)  # written last: marks done
+
+
+def merge(out_dir: Path) -> tuple[Path, Path]:
+    """Concatenate the parts (sorted) into ``results.csv`` and ``timings.csv``."""
+    parts = out_dir / "parts"
+    results: list[dict[str, str]] = []
+    timings: list[dict[str, str]] = []
+    for path in sorted(parts.glob("*.csv")):
+        with path.open(newline="") as f:
+            (timings if path.name.endswith(".timing.csv") else results).extend(csv.DictReader(f))
+    order = {"case": str, "structure": str, "method": str, "click": int}
+
+    def key(row: dict[str, str]) -> tuple[object, ...]:
+        return tuple(fn(row[k]) for k, fn in order.items())
+
+    results.sort(key=key)
+    timings.sort(key=key)
+    res_path, tim_path = out_dir / "results.csv", out_dir / "timings.csv"
+    _write_csv_atomic(res_path, RESULT_FIELDS, results)
+    _write_csv_atomic(tim_path, TIMING_FIELDS, timings)
+    return res_path, tim_path
+
+
+def distributed_context() -> tuple[int, int, bool]:
+    """``(rank, world, initialised)`` from torchrun's environment (gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+        return rank, world, True
+    return rank, world, False
