@@ -418,6 +418,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train / distill ----------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import load_config
+    from .train.loop import Trainer
+
+    config = load_config(args.config)
+    if args.steps:
+        import dataclasses
+
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, steps=args.steps))
+    resume = args.resume
+    if resume == "auto":
+        last = Path(config.run.out_dir) / "last.pt"
+        resume = str(last) if last.exists() else None
+    trainer = Trainer(config, args.command, resume=resume)
+    rows = trainer.run()
+    if trainer.rank == 0:
+        if rows:
+            speed = sorted(r["samples_per_s"] for r in rows)[len(rows) // 2]
+            print(f"step {trainer.step}: loss {rows[-1]['loss']:.4f}, median {speed:.3f} samples/s")
+        print(f"wrote {trainer.out / 'model.safetensors'} and checkpoints in {trainer.out}")
+    return 0
+
+
 def _write_json_atomic(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -576,6 +602,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, help="CPU threads per process")
     p.set_defaults(func=_cmd_eval)
+
+    for name, text in (
+        ("train", "interactive training / fine-tuning from a TOML config ([model], [interactive])"),
+        (
+            "distill",
+            "layer-wise then logit-level distillation from a TOML config ([teacher], [student])",
+        ),
+    ):
+        p = sub.add_parser(name, help=text, description=text + ". See configs/*.toml.")
+        p.add_argument("--config", required=True, help="TOML file")
+        p.add_argument(
+            "--resume", help="checkpoint to continue from, or 'auto' (OUT/last.pt if present)"
+        )
+        p.add_argument("--steps", type=int, help="override [run] steps")
+        p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("samples", help="the bundled sample scans: list, verify, fetch")
     p.add_argument("action", choices=("list", "verify", "fetch"))

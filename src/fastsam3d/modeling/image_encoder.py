@@ -7,7 +7,7 @@ For the released models ``S = 128``, ``G = 8``, ``C = 768``, ``out_chans = 384``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -92,6 +92,19 @@ class ImageEncoderViT3D(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(x)
+
+    def forward_tokens(self, image: torch.Tensor, depths: Iterable[int]) -> list[torch.Tensor]:
+        """Token grids ``(B, G, G, G, C)`` after ``d`` blocks for each ``d`` in ``depths``; runs
+        only as many blocks as the deepest request needs (no neck)."""
+        wanted = list(depths)
+        if not wanted or min(wanted) < 0 or max(wanted) > len(self.blocks):
+            raise ValueError(f"depths {wanted} outside [0, {len(self.blocks)}]")
+        x = self.embed(image)
+        taken = {0: x}
+        for i, block in enumerate(self.blocks[: max(wanted)], start=1):
+            x = block(x)
+            taken[i] = x
+        return [taken[d] for d in wanted]
 
     def forward_intermediates(
         self, image: torch.Tensor, depths: Sequence[int]

@@ -1,0 +1,282 @@
+"""Training and distillation configuration, read from TOML; unknown keys are errors.
+
+A file has the tables ``[run]``, ``[data]``, ``[optim]`` and either ``[model]`` +
+``[interactive]`` (``fastsam3d train``) or ``[teacher]`` + ``[student]`` + ``[distill]``
+(``fastsam3d distill``), plus an optional ``[validation]``. Every field has a default except
+where noted; see ``configs/*.toml`` for complete examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import ModelConfig, SparseAttentionConfig, SparsePattern
+from ..registry import get_spec
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``[run]``: where, how long, on what."""
+
+    out_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    """CPU threads per process (0: torch's default)."""
+    steps: int = 100
+    """Optimizer steps in all."""
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    log_every: int = 1
+    checkpoint_every: int = 50
+    validate_every: int = 0
+    """Steps between validations with the evaluation harness (0: never)."""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """``[data.augment]``: applied to each training region."""
+
+    flip: bool = True
+    intensity_scale: float = 0.1
+    """Multiply the normalised image by ``1 + U(-s, s)``."""
+    intensity_shift: float = 0.1
+    """Add ``U(-s, s)`` to the normalised image."""
+    rotate_deg: float = 0.0
+    """Rotate the region by up to this many degrees about a random axis (0: off)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: which scans, which structures, how regions are drawn."""
+
+    root: str = ""
+    """Dataset folder / manifest / sample names (required)."""
+    layout: str = "manifest"
+    split: str | None = None
+    channel: int | None = None
+    modality: str = "t1ce"
+    structures: tuple[str, ...] = ()
+    """Only these structure names (empty: all)."""
+    exclude_cases: tuple[str, ...] = ()
+    """Case ids never used for training (held out)."""
+    min_volume_mm3: float = 1000.0
+    jitter_mm: float = 20.0
+    """Region centre = structure centre + uniform jitter of up to this many mm per axis."""
+    batch_size: int = 1
+    cache: bool = True
+    """Keep decoded volumes and label maps in memory."""
+    workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """``[optim]``: AdamW and the learning-rate schedule."""
+
+    lr: float = 8e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "cosine", "multistep"] = "cosine"
+    warmup_steps: int = 0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    grad_accum: int = 1
+    clip_grad: float = 0.0
+    """Clip the gradient norm to this value (0: off)."""
+
+
+@dataclass(frozen=True)
+class ModelSpecConfig:
+    """``[model]`` / ``[teacher]`` / ``[student]``: a registry model, optional architecture
+    overrides and initial weights."""
+
+    name: str = "fastsam3d"
+    checkpoint: tuple[str, ...] = ()
+    """Checkpoint file(s); empty: random initialisation (or ``init`` for students)."""
+    encoder: dict[str, Any] = field(default_factory=dict)
+    """Overrides of :class:`~fastsam3d.config.EncoderConfig` fields (e.g. ``depth = 4``)."""
+    sparse: tuple[tuple[int, int], ...] = ()
+    """Encoder sparse attention as ``[[segment_length, dilation], ...]`` (empty: dense)."""
+    init: Literal["random", "teacher"] = "random"
+    """Students: ``teacher`` copies every teacher tensor whose shape fits (paired blocks)."""
+
+    def model_config(self) -> ModelConfig:
+        """The architecture: the registry entry with the overrides applied."""
+        base = get_spec(self.name).config
+        encoder = dataclasses.replace(base.encoder, **_tuples(self.encoder))
+        if self.sparse:
+            patterns = tuple(SparsePattern(int(w), int(r)) for w, r in self.sparse)
+            encoder = dataclasses.replace(encoder, sparse=SparseAttentionConfig(patterns))
+        return dataclasses.replace(base, encoder=encoder)
+
+
+@dataclass(frozen=True)
+class InteractiveConfig:
+    """``[interactive]``: the click loop of ``fastsam3d train`` (SAM-Med3D's recipe)."""
+
+    click_iterations: int = 11
+    simulator: str = "random"
+    mask_only_iterations: int = 1
+    """Iterations (at random positions after the first, plus the last) that add no click and
+    only feed the previous logits back."""
+    trainable: Literal["all", "decoder", "prompt_decoder", "encoder_last"] = "prompt_decoder"
+    unfreeze_last_blocks: int = 0
+    """With ``trainable = "encoder_last"``: also train the last N encoder blocks and the neck."""
+    decoder_lr_scale: float = 1.0
+    """Learning rate of prompt encoder and decoder relative to ``optim.lr`` (upstream: 0.1)."""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``[distill]``: the two stages of FastSAM3D's distillation."""
+
+    layerwise_steps: int = 50
+    """Stage 1 (Eq. 1-2): progressive layer-wise feature matching for this many steps."""
+    logit_steps: int = 50
+    """Stage 2: match the teacher's image embedding for this many steps."""
+    mask_weight: float = 0.0
+    """Stage 2: weight of an extra loss between teacher and student mask logits for the same
+    simulated click (0: off)."""
+    cache_dir: str = ""
+    """Cache teacher features on disk (empty: computed online every step)."""
+    cache_pool: int = 0
+    """With ``cache_dir``: cycle through this many fixed regions (0: regions are not reused)."""
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """``[validation]``: periodic evaluation with the harness (realistic protocol)."""
+
+    root: str = ""
+    layout: str = "samples"
+    clicks: tuple[int, ...] = (1, 3, 5)
+    simulator: str = "center"
+    structures: tuple[str, ...] = ()
+    max_cases: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole ``fastsam3d train`` / ``fastsam3d distill`` configuration."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    model: ModelSpecConfig | None = None
+    interactive: InteractiveConfig | None = None
+    teacher: ModelSpecConfig | None = None
+    student: ModelSpecConfig | None = None
+    distill: DistillConfig | None = None
+    validation: ValidationConfig | None = None
+
+    @property
+    def kind(self) -> Literal["train", "distill"]:
+        return "distill" if self.teacher is not None else "train"
+
+    def check(self, kind: Literal["train", "distill"]) -> None:
+        """Raise ``ValueError`` when the tables do not fit the command."""
+        if not self.data.root:
+            raise ValueError("[data] root is required (dataset folder, manifest or sample names)")
+        if kind == "train":
+            if self.model is None or self.teacher is not None or self.student is not None:
+                raise ValueError(
+                    "fastsam3d train needs a [model] table (and no [teacher]/[student])"
+                )
+        else:
+            if self.teacher is None or self.student is None or self.model is not None:
+                raise ValueError(
+                    "fastsam3d distill needs [teacher] and [student] tables (no [model])"
+                )
+            if (
+                self.distill is not None
+                and self.distill.layerwise_steps + self.distill.logit_steps != self.run.steps
+            ):
+                raise ValueError(
+                    f"[distill] layerwise_steps + logit_steps "
+                    f"({self.distill.layerwise_steps} + {self.distill.logit_steps}) must equal "
+                    f"[run] steps ({self.run.steps})"
+                )
+        if self.run.steps < 1 or self.data.batch_size < 1 or self.optim.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be >= 1")
+
+
+_TABLES: dict[str, type] = {
+    "run": RunConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "model": ModelSpecConfig,
+    "interactive": InteractiveConfig,
+    "teacher": ModelSpecConfig,
+    "student": ModelSpecConfig,
+    "distill": DistillConfig,
+    "validation": ValidationConfig,
+}
+
+
+def _tuples(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(_tuples_in(v)) if isinstance(v, list) else v for k, v in data.items()}
+
+
+def _tuples_in(values: list[Any]) -> list[Any]:
+    return [tuple(v) if isinstance(v, list) else v for v in values]
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a table, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if cls is DataConfig and key == "augment":
+            kwargs[key] = _build(AugmentConfig, value, f"{where}.augment")
+        elif key in ("encoder",):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.{key}: expected a table")
+            kwargs[key] = dict(value)
+        elif isinstance(value, list):
+            kwargs[key] = tuple(_tuples_in(value))
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def parse_config(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    """A :class:`TrainConfig` from a parsed TOML document."""
+    unknown = sorted(set(data) - set(_TABLES))
+    if unknown:
+        raise ValueError(f"{where}: unknown tables {unknown}; allowed: {sorted(_TABLES)}")
+    tables = {
+        name: _build(_TABLES[name], value, f"{where} [{name}]") for name, value in data.items()
+    }
+    config = TrainConfig(**tables)
+    for spec in (config.model, config.teacher, config.student):
+        if spec is not None:
+            spec.model_config()  # validates names and overrides now, not after data loading
+    return config
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a TOML file."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as err:
+        raise ValueError(f"{p}: cannot read the config ({err})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{p}: invalid TOML ({err})") from None
+    return parse_config(data, str(p))
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Plain data (for checkpoints and logs)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if v is not None}

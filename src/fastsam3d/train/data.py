@@ -1,0 +1,171 @@
+"""Training samples: model-frame regions around labelled structures, with augmentation.
+
+Sample ``k`` is a pure function of ``(seed, k)``: which structure, where the region sits (the
+structure's bounding-box centre plus a uniform jitter), the rotation, flips and intensity
+changes are all drawn from ``numpy.random.default_rng(SeedSequence([seed, k]))``. Optimizer step
+``s`` with a global batch of ``G`` samples uses samples ``s*G .. s*G + G - 1``, split over
+processes and gradient-accumulation micro-batches (:func:`sample_indices`), so a resumed run
+continues with exactly the data it would have seen, and one process sees the same global batch
+as several.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..data.frame import FrameSpec, Roi, normalize_roi, resample_to_roi, roi_around
+from ..data.io import read_volume
+from ..data.volume import Volume
+from ..eval.datasets import Case
+from ..eval.runner import load_targets
+from .config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One trainable structure: case index, structure name, its voxel bounding-box centre."""
+
+    case: int
+    structure: str
+    centre: tuple[float, float, float]
+
+
+def sample_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator of sample ``index`` (``stream`` separates data from clicks)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index, stream]))
+
+
+def sample_indices(
+    step: int, micro: int, rank: int, world: int, batch: int, accum: int
+) -> list[int]:
+    """Global sample indices of one micro-batch of one process at an optimizer step."""
+    global_batch = world * accum * batch
+    start = step * global_batch + (micro * world + rank) * batch
+    return list(range(start, start + batch))
+
+
+class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
+    """Map-style dataset: global sample index -> ``{"image", "target", "index"}``.
+
+    ``image`` and ``target`` are ``(1, S, S, S)`` float32 (normalised image; binary mask).
+    """
+
+    def __init__(
+        self, cases: Sequence[Case], config: DataConfig, frame: FrameSpec, seed: int
+    ) -> None:
+        self.cases = [c for c in cases if c.case_id not in set(config.exclude_cases)]
+        if not self.cases:
+            raise ValueError("no training cases left after exclude_cases")
+        self.config, self.frame, self.seed = config, frame, seed
+        self._cache: dict[int, tuple[Volume, dict[str, np.ndarray]]] = {}
+        self.targets = self._index_targets()
+        if not self.targets:
+            raise ValueError(
+                f"no structure of at least {config.min_volume_mm3} mm3 found"
+                + (f" among {list(config.structures)}" if config.structures else "")
+            )
+
+    def _load(self, n: int) -> tuple[Volume, dict[str, np.ndarray]]:
+        if n in self._cache:
+            return self._cache[n]
+        case = self.cases[n]
+        volume = read_volume(case.image, channel=case.channel)
+        masks = {s.name: m for s, m in load_targets(case, volume)}
+        if self.config.cache:
+            self._cache[n] = (volume, masks)
+        return volume, masks
+
+    def _index_targets(self) -> list[Target]:
+        targets = []
+        wanted = set(self.config.structures)
+        for n in range(len(self.cases)):
+            volume, masks = self._load(n)
+            voxel_mm3 = float(np.prod(volume.spacing))
+            for name, mask in sorted(masks.items()):
+                if wanted and name not in wanted:
+                    continue
+                if mask.sum() * voxel_mm3 < self.config.min_volume_mm3:
+                    continue
+                idx = np.argwhere(mask)
+                centre = (idx.min(axis=0) + idx.max(axis=0)) / 2
+                targets.append(
+                    Target(n, name, (float(centre[0]), float(centre[1]), float(centre[2])))
+                )
+        log.info("training on %d structures of %d cases", len(targets), len(self.cases))
+        return targets
+
+    def __len__(self) -> int:
+        return 2**62  # indices are drawn by the sampler; every index is a valid sample
+
+    def region(self, index: int) -> tuple[Target, Roi, np.random.Generator]:
+        """The structure and region of sample ``index`` (and the generator, for augmentation)."""
+        rng = sample_rng(self.seed, index)
+        target = self.targets[int(rng.integers(len(self.targets)))]
+        volume, _ = self._load(target.case)
+        jitter_world = rng.uniform(-self.config.jitter_mm, self.config.jitter_mm, 3)
+        jitter_index = np.linalg.solve(volume.affine[:3, :3], jitter_world)
+        roi = roi_around(volume, np.asarray(target.centre) + jitter_index, self.frame, clamp=False)
+        angle = self.config.augment.rotate_deg
+        if angle > 0:
+            roi = _rotated(roi, rng.normal(size=3), np.radians(rng.uniform(-angle, angle)))
+        return target, roi, rng
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        target, roi, rng = self.region(index)
+        volume, masks = self._load(target.case)
+        image = normalize_roi(resample_to_roi(volume, roi), self.frame.normalization)
+        mask_volume = Volume(masks[target.structure].astype(np.float32), volume.affine)
+        mask = (resample_to_roi(mask_volume, roi) > 0.5).float()
+        aug = self.config.augment
+        if aug.flip:
+            axes = [a for a in range(3) if rng.random() < 0.5]
+            if axes:
+                image, mask = image.flip(axes), mask.flip(axes)
+        if aug.intensity_scale:
+            image = image * float(1 + rng.uniform(-aug.intensity_scale, aug.intensity_scale))
+        if aug.intensity_shift:
+            image = image + float(rng.uniform(-aug.intensity_shift, aug.intensity_shift))
+        return {
+            "image": image[None].contiguous(),
+            "target": mask[None].contiguous(),
+            "index": torch.tensor(index),
+        }
+
+
+def _rotated(roi: Roi, axis: np.ndarray, angle: float) -> Roi:
+    """``roi`` rotated by ``angle`` (radians) about ``axis`` through its centre."""
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    centre = roi.center_world
+    affine = roi.affine.copy()
+    affine[:3, :3] = rot @ roi.affine[:3, :3]
+    c = (roi.size - 1) / 2
+    affine[:3, 3] = centre - affine[:3, :3] @ np.full(3, c)
+    return Roi(affine, roi.size)
+
+
+class StepBatches(Sampler[list[int]]):
+    """Batches of global sample indices for one process, from ``start_step`` to ``steps``."""
+
+    def __init__(
+        self, start_step: int, steps: int, rank: int, world: int, batch: int, accum: int
+    ) -> None:
+        self.start_step, self.steps = start_step, steps
+        self.rank, self.world, self.batch, self.accum = rank, world, batch, accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.steps):
+            for micro in range(self.accum):
+                yield sample_indices(step, micro, self.rank, self.world, self.batch, self.accum)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.accum

@@ -1,0 +1,233 @@
+"""What is optimised: the interactive click loop and FastSAM3D's two distillation stages.
+
+Both are ``nn.Module`` s whose ``forward`` returns the loss of a micro-batch, so
+``DistributedDataParallel`` can wrap them and synchronise gradients on ``backward``.
+
+Layer-wise distillation (FastSAM3D paper, Eq. 1-2): with a student of ``L`` blocks and a teacher
+of ``T``, student block ``i`` (1-based) is paired with teacher block ``T i / L`` (teacher layer
+``2i`` for 12 -> 6), and at iteration ``t`` of ``n`` the loss is the mean over the first
+``k = ceil(t L / n)`` pairs of the mean squared difference of their output tokens. The logit-level
+stage then matches the final image embedding (optionally also the mask logits both produce for
+the same click, through the teacher's frozen decoder).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..eval.clicks import CenterClicker, ClickSimulator
+from ..modeling.sam3d import Sam3D
+from .config import InteractiveConfig
+from .data import sample_rng
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Soft Dice (squared denominators) + binary cross-entropy, averaged over the batch
+    (MONAI ``DiceCELoss(sigmoid=True, squared_pred=True)``, SAM-Med3D's training loss).
+
+    Args:
+        logits, target: ``(B, 1, D, H, W)``; target in {0, 1}.
+    """
+    prob = torch.sigmoid(logits.float())
+    t = target.float()
+    dims = tuple(range(2, prob.dim()))
+    inter = (prob * t).sum(dims)
+    denom = prob.square().sum(dims) + t.square().sum(dims)
+    dice = 1.0 - (2.0 * inter + eps) / (denom + eps)
+    return dice.mean() + F.binary_cross_entropy_with_logits(logits.float(), t)
+
+
+def layer_pairing(student_depth: int, teacher_depth: int) -> list[int]:
+    """Teacher depth paired with each student depth ``1..L``: ``round(T i / L)``."""
+    if student_depth < 1 or teacher_depth < student_depth:
+        raise ValueError(
+            f"cannot pair a {student_depth}-block student with a {teacher_depth}-block teacher"
+        )
+    return [round(teacher_depth * i / student_depth) for i in range(1, student_depth + 1)]
+
+
+def layers_in_use(iteration: int, total: int, student_depth: int) -> int:
+    """Eq. 2: ``k = ceil(iteration * L / total)`` for 1-based ``iteration`` in ``1..total``."""
+    if not 1 <= iteration <= total:
+        raise ValueError(f"iteration {iteration} outside 1..{total}")
+    return max(1, min(student_depth, math.ceil(iteration * student_depth / total)))
+
+
+@torch.no_grad()
+def init_from_teacher(student: Sam3D, teacher: Sam3D) -> dict[str, list[str]]:
+    """Copy every teacher tensor whose shape fits: patch embedding, position embedding, neck,
+    prompt encoder, decoder, and block ``i`` from the paired teacher block.
+
+    Returns ``{"copied": [...], "skipped": [...]}`` (student keys).
+    """
+    pairing = layer_pairing(student.cfg.encoder.depth, teacher.cfg.encoder.depth)
+    t_state = teacher.state_dict()
+    copied, skipped = [], []
+    for key, value in student.state_dict().items():
+        source = key
+        if key.startswith("image_encoder.blocks."):
+            _, _, index, rest = key.split(".", 3)
+            source = f"image_encoder.blocks.{pairing[int(index)] - 1}.{rest}"
+        if source in t_state and t_state[source].shape == value.shape:
+            value.copy_(t_state[source])
+            copied.append(key)
+        else:
+            skipped.append(key)
+    return {"copied": copied, "skipped": skipped}
+
+
+class InteractiveStep(nn.Module):
+    """SAM-Med3D's interactive training on one micro-batch.
+
+    ``click_iterations`` rounds per sample: a simulated click is added (computed from the
+    current prediction, on the region's 1.5 mm grid), all clicks so far and the previous logits
+    are decoded, and Dice+CE of the upsampled logits is accumulated; some rounds add no click and
+    only feed the logits back. The encoder runs once (with gradients only if it is trained).
+    """
+
+    def __init__(
+        self, model: Sam3D, config: InteractiveConfig, simulator: ClickSimulator, seed: int
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.config, self.simulator, self.seed = config, simulator, seed
+
+    def _mask_only(self, rng: np.random.Generator) -> set[int]:
+        n, extra = self.config.click_iterations, self.config.mask_only_iterations
+        if extra <= 0 or n < 3:
+            return set()
+        chosen: list[int] = []
+        if extra > 1:
+            picks = rng.choice(np.arange(1, n - 1), size=min(extra - 1, n - 2), replace=False)
+            chosen = [int(c) for c in picks]
+        return {n - 1, *chosen}
+
+    def forward(
+        self, image: torch.Tensor, target: torch.Tensor, indices: torch.Tensor
+    ) -> torch.Tensor:
+        model = self.model
+        size, low = model.cfg.image_size, model.cfg.low_res_size
+        b = image.shape[0]
+        encoder_trains = any(p.requires_grad for p in model.image_encoder.parameters())
+        with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
+            embedding = model.encode(image)
+        truth = (target[:, 0] > 0.5).cpu().numpy()
+        rngs = [sample_rng(self.seed, int(i), stream=1) for i in indices]
+        mask_only = self._mask_only(rngs[0])
+        points: list[list[tuple[int, int, int]]] = [[] for _ in range(b)]
+        labels: list[list[int]] = [[] for _ in range(b)]
+        logits_prev = torch.zeros(b, 1, low, low, low, device=image.device, dtype=model.dtype)
+        total = image.new_zeros(())
+        for it in range(self.config.click_iterations):
+            if it == 0 or it not in mask_only:
+                view = (
+                    (
+                        F.interpolate(
+                            logits_prev.float(),
+                            size=(size,) * 3,
+                            mode="trilinear",
+                            align_corners=False,
+                        )[:, 0]
+                        > 0
+                    )
+                    .cpu()
+                    .numpy()
+                )
+                for s in range(b):
+                    click = self.simulator.next_click(
+                        view[s], truth[s], rngs[s], (1.5, 1.5, 1.5), len(points[s])
+                    )
+                    if click is None:  # nothing left to correct: repeat the last click
+                        click_index, positive = points[s][-1], labels[s][-1]
+                    else:
+                        click_index, positive = click.index, int(click.positive)
+                    points[s].append(click_index)
+                    labels[s].append(positive)
+            pts = torch.tensor(points, dtype=torch.float32, device=image.device)
+            lab = torch.tensor(labels, device=image.device)
+            logits, _ = model.decode(embedding, pts, lab, mask_logits=logits_prev)
+            up = F.interpolate(logits, size=(size,) * 3, mode="trilinear", align_corners=False)
+            total = total + dice_ce_loss(up, target)
+            logits_prev = logits.detach()
+        return total / self.config.click_iterations
+
+
+class DistillStep(nn.Module):
+    """Student encoder (+ projections when widths differ) against cached or online teacher
+    features. ``forward(image, teacher_tokens, teacher_embedding, k, stage)`` -> loss."""
+
+    def __init__(
+        self,
+        student: Sam3D,
+        teacher_width: int,
+        mask_weight: float = 0.0,
+        decoder_from: Sam3D | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        depth = student.cfg.encoder.depth
+        width = student.cfg.encoder.embed_dim
+        generator = torch.Generator().manual_seed(seed)  # never torch's global RNG
+        self.projections = nn.ModuleList(
+            nn.Identity() if width == teacher_width else _linear(width, teacher_width, generator)
+            for _ in range(depth)
+        )
+        self.mask_weight = mask_weight
+        self.decoder_from = decoder_from  # frozen teacher used for the optional mask loss
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        teacher_tokens: Sequence[torch.Tensor],
+        teacher_embedding: torch.Tensor,
+        k: int,
+        stage: int,
+        teacher_logits: torch.Tensor | None = None,
+        prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        encoder = self.student.image_encoder
+        if stage == 1:
+            tokens = encoder.forward_tokens(image.to(self.student.dtype), range(1, k + 1))
+            losses = [
+                F.mse_loss(self.projections[i](tokens[i]).float(), teacher_tokens[i].float())
+                for i in range(k)
+            ]
+            return torch.stack(losses).mean()
+        embedding = encoder(image.to(self.student.dtype))
+        loss = F.mse_loss(embedding.float(), teacher_embedding.float())
+        if self.mask_weight > 0 and self.decoder_from is not None and prompt is not None:
+            assert teacher_logits is not None
+            logits, _ = self.decoder_from.decode(embedding, prompt[0], prompt[1])
+            loss = loss + self.mask_weight * F.mse_loss(logits.float(), teacher_logits.float())
+        return loss
+
+
+def _linear(n_in: int, n_out: int, generator: torch.Generator) -> nn.Linear:
+    """A Linear layer initialised from ``generator`` (truncated normal 0.02, zero bias)."""
+    layer = nn.Linear(n_in, n_out, device="meta").to_empty(device="cpu")
+    nn.init.trunc_normal_(layer.weight, std=0.02, generator=generator)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def first_click_prompt(
+    target: torch.Tensor, seed: int, indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A positive click at the centre of each target (the mask-logit distillation prompt)."""
+    clicker = CenterClicker()
+    points = []
+    for s, index in enumerate(indices):
+        truth = (target[s, 0] > 0.5).cpu().numpy()
+        click = clicker.next_click(
+            np.zeros_like(truth), truth, sample_rng(seed, int(index), 2), (1.5,) * 3, 0
+        )
+        points.append([list(click.index) if click is not None else [0, 0, 0]])
+    pts = torch.tensor(points, dtype=torch.float32, device=target.device)
+    return pts, torch.ones(len(points), 1, dtype=torch.long, device=target.device)

@@ -1,0 +1,111 @@
+"""Training configuration parsing, the Eq. 2 schedule and the layer pairing."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import fastsam3d
+from fastsam3d.train.config import load_config, parse_config
+from fastsam3d.train.objectives import dice_ce_loss, init_from_teacher, layer_pairing, layers_in_use
+
+from .conftest import distill_config, train_config
+
+
+def test_valid_configs_parse() -> None:
+    assert parse_config(train_config("/tmp/x")).kind == "train"
+    config = parse_config(distill_config("/tmp/x"))
+    assert config.kind == "distill"
+    assert config.student is not None
+    assert config.student.model_config().encoder.depth == 2
+
+
+@pytest.mark.parametrize(
+    ("patch", "match"),
+    [
+        ({"run": {"stepz": 3}}, r"\[run\]: unknown keys \['stepz'\]"),
+        ({"optimizer": {}}, r"unknown tables \['optimizer'\]"),
+        ({"data": {"augment": {"mirror": True}}}, r"augment: unknown keys \['mirror'\]"),
+        ({"model": {"name": "vit-h"}}, "unknown model 'vit-h'"),
+        ({"model": {"name": "test-tiny", "encoder": {"depth_": 3}}}, "depth_"),
+    ],
+)
+def test_config_errors(patch, match) -> None:
+    data = train_config("/tmp/x")
+    for table, values in patch.items():
+        data[table] = {**data.get(table, {}), **values} if table != "optimizer" else values
+    with pytest.raises((ValueError, TypeError), match=match):
+        parse_config(data)
+
+
+def test_config_command_checks(tmp_path) -> None:
+    with pytest.raises(ValueError, match="needs a \\[model\\]"):
+        parse_config(distill_config("/tmp/x")).check("train")
+    bad = distill_config("/tmp/x")
+    bad["distill"]["logit_steps"] = 99
+    with pytest.raises(ValueError, match="must equal \\[run\\] steps"):
+        parse_config(bad).check("distill")
+    no_root = train_config("/tmp/x")
+    no_root["data"]["root"] = ""
+    with pytest.raises(ValueError, match="root is required"):
+        parse_config(no_root).check("train")
+    path = tmp_path / "c.toml"
+    path.write_text("[run\nsteps = 3")
+    with pytest.raises(ValueError, match="invalid TOML"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("total", "depth"), [(60, 6), (12, 6), (100, 6), (7, 3), (10, 4)])
+def test_eq2_schedule_at_iteration_boundaries(total: int, depth: int) -> None:
+    ks = [layers_in_use(t, total, depth) for t in range(1, total + 1)]
+    assert ks == [math.ceil(t * depth / total) for t in range(1, total + 1)]
+    assert ks[0] == 1
+    assert ks[-1] == depth
+    assert all(b - a in (0, 1) for a, b in itertools.pairwise(ks))  # one layer at a time
+    if total % depth == 0:
+        per = total // depth
+        for j in range(1, depth):
+            assert layers_in_use(per * j, total, depth) == j
+            assert layers_in_use(per * j + 1, total, depth) == j + 1
+    with pytest.raises(ValueError, match="outside"):
+        layers_in_use(0, total, depth)
+
+
+def test_layer_pairing() -> None:
+    assert layer_pairing(6, 12) == [2, 4, 6, 8, 10, 12]  # FastSAM3D: student i <-> teacher 2i
+    assert layer_pairing(4, 12) == [3, 6, 9, 12]
+    assert layer_pairing(12, 12) == list(range(1, 13))
+    with pytest.raises(ValueError, match="cannot pair"):
+        layer_pairing(6, 4)
+
+
+def test_student_initialised_from_paired_teacher_blocks() -> None:
+    teacher = fastsam3d.build_model(
+        parse_config(distill_config("/tmp/x")).teacher.model_config(), seed=1
+    )
+    student = fastsam3d.build_model(
+        parse_config(distill_config("/tmp/x")).student.model_config(), seed=2
+    )
+    report = init_from_teacher(student, teacher)
+    t, s = teacher.state_dict(), student.state_dict()
+    # student block 0 (MLP-only) <- teacher block 1 (depth 2); student block 1 <- teacher block 3
+    assert torch.equal(
+        s["image_encoder.blocks.0.mlp.lin1.weight"], t["image_encoder.blocks.1.mlp.lin1.weight"]
+    )
+    assert torch.equal(
+        s["image_encoder.blocks.1.attn.qkv.weight"], t["image_encoder.blocks.3.attn.qkv.weight"]
+    )
+    assert torch.equal(s["mask_decoder.iou_token.weight"], t["mask_decoder.iou_token.weight"])
+    assert "image_encoder.blocks.1.mlp.lin2.bias" in report["copied"]
+
+
+def test_dice_ce_loss() -> None:
+    target = torch.zeros(2, 1, 8, 8, 8)
+    target[:, :, 2:6, 2:6, 2:6] = 1
+    perfect = dice_ce_loss((target * 2 - 1) * 20, target)
+    wrong = dice_ce_loss(-(target * 2 - 1) * 20, target)
+    assert perfect < 0.01
+    assert wrong > 1.9

@@ -1,0 +1,248 @@
+"""The training loop: learning, frozen teacher, exact resume, DDP equivalence, caching, CLI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fastsam3d
+from fastsam3d.cli import main
+from fastsam3d.train.config import parse_config
+from fastsam3d.train.loop import Trainer
+
+from .conftest import distill_config, train_config
+
+
+def _toml(data: dict, path: Path) -> Path:
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return f'"{v}"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines = []
+    for table, values in data.items():
+        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+        for name, sub in nested.items():
+            lines.append(f"[{table}.{name}]")
+            lines += [f"{k} = {value(v)}" for k, v in sub.items()]
+    path.write_text("\n".join(lines) + "\n")
+    tomllib.loads(path.read_text())
+    return path
+
+
+def test_interactive_loss_decreases_over_30_steps(tmp_path) -> None:
+    rows = Trainer(parse_config(train_config(str(tmp_path))), "train", progress=False).run()
+    losses = [r["loss"] for r in rows]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+    model = fastsam3d.load_model(None, tmp_path / "model.safetensors")
+    assert model.cfg == fastsam3d.get_spec("test-tiny").config
+
+
+def _fixed_region_losses(trainer: Trainer) -> tuple[float, float]:
+    """Stage-1 (both layers) and stage-2 losses of the student on one fixed region."""
+    sample = trainer.dataset[0]
+    image = sample["image"][None]
+    tokens, embedding = trainer._teacher_features(image, torch.tensor([0]))
+    with torch.no_grad():
+        return (
+            float(trainer.step_module(image, tokens, embedding, 2, 1)),
+            float(trainer.step_module(image, tokens, embedding, 0, 2)),
+        )
+
+
+def test_distillation_teacher_stays_frozen_and_losses_fall(tmp_path) -> None:
+    cfg = distill_config(str(tmp_path))
+    cfg["student"]["init"] = "random"  # a teacher-initialised student starts too close to judge
+    trainer = Trainer(parse_config(cfg), "distill", progress=False)
+    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    gap_before = _fixed_region_losses(trainer)
+    rows = trainer.run()
+    gap_after = _fixed_region_losses(trainer)
+    assert gap_after[0] < gap_before[0]  # layer-wise feature gap shrinks
+    assert gap_after[1] < gap_before[1]  # embedding gap shrinks
+    assert not trainer.teacher.training
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in trainer.teacher.state_dict().items())
+    assert [r["k"] for r in rows[:6]] == [1, 1, 1, 2, 2, 2]  # Eq. 2 with 6 steps, 2 layers
+    assert [r["stage"] for r in rows] == [1] * 6 + [2] * 6
+    student = fastsam3d.load_model(None, tmp_path / "model.safetensors")
+    assert student.cfg.encoder.depth == 2
+
+
+def test_resume_continues_bit_identically(tmp_path) -> None:
+    full = Trainer(
+        parse_config(train_config(str(tmp_path / "full"), steps=6)), "train", progress=False
+    ).run()
+    cfg = train_config(str(tmp_path / "split"), steps=6)
+    cfg["run"]["checkpoint_every"] = 3
+    first = Trainer(
+        parse_config({**cfg, "run": {**cfg["run"], "steps": 3}}), "train", progress=False
+    )
+    first.run()
+    resumed = Trainer(
+        parse_config(cfg), "train", resume=tmp_path / "split" / "last.pt", progress=False
+    )
+    assert resumed.step == 3
+    rest = resumed.run()
+    assert [r["loss"] for r in rest] == [r["loss"] for r in full[3:]]
+    a = fastsam3d.load_model(None, tmp_path / "full" / "model.safetensors").state_dict()
+    b = fastsam3d.load_model(None, tmp_path / "split" / "model.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with (tmp_path / "split" / "metrics.csv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_distillation_resume_restores_projections_and_stage(tmp_path) -> None:
+    cfg = distill_config(str(tmp_path / "d"), layerwise=2, logit=2)
+    cfg["student"]["encoder"]["embed_dim"] = 16  # narrower student: trainable projections
+    cfg["student"]["encoder"]["num_heads"] = 2
+    full = Trainer(parse_config(cfg), "distill", progress=False)
+    assert any(isinstance(p, torch.nn.Linear) for p in full.step_module.projections)
+    losses = [r["loss"] for r in full.run()]
+    cfg2 = distill_config(str(tmp_path / "e"), layerwise=2, logit=2)
+    cfg2["student"]["encoder"].update(embed_dim=16, num_heads=2)
+    cfg2["run"]["checkpoint_every"] = 3
+    Trainer(
+        parse_config(
+            {
+                **cfg2,
+                "run": {**cfg2["run"], "steps": 3},
+                "distill": {**cfg2["distill"], "logit_steps": 1},
+            }
+        ),
+        "distill",
+        progress=False,
+    ).run()
+    resumed = Trainer(
+        parse_config(cfg2), "distill", resume=tmp_path / "e" / "last.pt", progress=False
+    )
+    assert [r["loss"] for r in resumed.run()] == losses[3:]
+
+
+def test_two_ddp_processes_match_one_with_the_same_global_batch(tmp_path) -> None:
+    single = train_config(str(tmp_path / "one"), steps=3)
+    single["optim"]["grad_accum"] = 2  # global batch 2 in one process
+    Trainer(parse_config(single), "train", progress=False).run()
+    double = train_config(str(tmp_path / "two"), steps=3)  # 2 processes x 1 sample
+    path = _toml(double, tmp_path / "ddp.toml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fastsam3d.train",
+        "--config",
+        str(path),
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    read = lambda p: [float(r["loss"]) for r in csv.DictReader((p / "metrics.csv").open())]  # noqa: E731
+    np.testing.assert_allclose(read(tmp_path / "two"), read(tmp_path / "one"), rtol=1e-4, atol=1e-6)
+    a = fastsam3d.load_model(None, tmp_path / "one" / "model.safetensors").state_dict()
+    b = fastsam3d.load_model(None, tmp_path / "two" / "model.safetensors").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_teacher_feature_cache_is_reused(tmp_path, monkeypatch) -> None:
+    cfg = distill_config(str(tmp_path / "c"), layerwise=2, logit=2)
+    cfg["distill"].update(cache_dir=str(tmp_path / "cache"), cache_pool=2)
+    trainer = Trainer(parse_config(cfg), "distill", progress=False)
+    calls = []
+    original = trainer.teacher.image_encoder.forward_intermediates
+    monkeypatch.setattr(
+        trainer.teacher.image_encoder,
+        "forward_intermediates",
+        lambda *a, **k: calls.append(1) or original(*a, **k),
+    )
+    trainer.run()
+    assert len(calls) == 2  # 4 steps over a pool of 2 regions: computed once each
+    assert len(list((tmp_path / "cache").glob("sample_*.pt"))) == 2
+
+
+def test_sparse_attention_student_trains(tmp_path) -> None:
+    cfg = distill_config(str(tmp_path / "s"), layerwise=4, logit=4)
+    cfg["student"].update(sparse=[[16, 1], [64, 2]], init="random")
+    trainer = Trainer(parse_config(cfg), "distill", progress=False)
+    assert trainer.model.cfg.encoder.sparse is not None
+    gap_before = _fixed_region_losses(trainer)
+    rows = trainer.run()
+    gap_after = _fixed_region_losses(trainer)
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert gap_after[0] < gap_before[0]
+    assert gap_after[1] < gap_before[1]
+    assert (
+        fastsam3d.load_model(None, tmp_path / "s" / "model.safetensors").cfg.encoder.sparse
+        is not None
+    )
+
+
+def test_bf16_and_validation(tmp_path) -> None:
+    cfg = train_config(str(tmp_path / "v"), steps=2)
+    cfg["run"].update(amp="bf16", validate_every=2)
+    cfg["validation"] = {
+        "root": "ct",
+        "layout": "samples",
+        "clicks": [1, 2],
+        "structures": ["spleen"],
+    }
+    Trainer(parse_config(cfg), "train", progress=False).run()
+    with (tmp_path / "v" / "validation.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert 0.0 <= float(row["dice@2"]) <= 1.0
+
+
+def test_fp16_needs_cuda(tmp_path) -> None:
+    cfg = train_config(str(tmp_path), steps=1)
+    cfg["run"]["amp"] = "fp16"
+    with pytest.raises(ValueError, match="needs CUDA"):
+        Trainer(parse_config(cfg), "train", progress=False)
+
+
+def test_frozen_parts_do_not_change(tmp_path) -> None:
+    cfg = train_config(str(tmp_path), steps=2)
+    cfg["interactive"]["trainable"] = "prompt_decoder"
+    trainer = Trainer(parse_config(cfg), "train", progress=False)
+    before = {k: v.clone() for k, v in trainer.model.image_encoder.state_dict().items()}
+    trainer.run()
+    assert all(
+        torch.equal(v, before[k]) for k, v in trainer.model.image_encoder.state_dict().items()
+    )
+
+
+def test_cli_train_and_resume(tmp_path, capsys) -> None:
+    path = _toml(train_config(str(tmp_path / "cli"), steps=2), tmp_path / "t.toml")
+    assert main(["train", "--config", str(path)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["train", "--config", str(path), "--resume", "auto", "--steps", "3"]) == 0
+    with (tmp_path / "cli" / "metrics.csv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]
+    assert main(["distill", "--config", str(path)]) == 2
+    assert "needs [teacher] and [student]" in capsys.readouterr().err
