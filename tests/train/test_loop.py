@@ -246,3 +246,12 @@ def test_cli_train_and_resume(tmp_path, capsys) -> None:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]
     assert main(["distill", "--config", str(path)]) == 2
     assert "needs [teacher] and [student]" in capsys.readouterr().err
+
+
+def test_worker_processes_give_the_same_samples(tmp_path) -> None:
+    cfg = train_config(str(tmp_path / "w0"), steps=3)
+    plain = Trainer(parse_config(cfg), "train", progress=False).run()
+    cfg_workers = train_config(str(tmp_path / "w1"), steps=3)
+    cfg_workers["data"]["workers"] = 1
+    with_workers = Trainer(parse_config(cfg_workers), "train", progress=False).run()
+    assert [r["loss"] for r in plain] == [r["loss"] for r in with_workers]
