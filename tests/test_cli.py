@@ -80,7 +80,19 @@ def test_failed_convert_leaves_existing_output_untouched(tmp_path: Path, capsys)
 
 def test_bench_writes_json(tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
-    args = ["bench", "--models", "test-tiny,test-tiny-student", "--rounds", "2", "--json", str(out)]
+    args = [
+        "bench",
+        "--models",
+        "test-tiny,test-tiny-student",
+        "--runtimes",
+        "torch,onednn",
+        "--rounds",
+        "2",
+        "--json",
+        str(out),
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert set(report["results"]) == {
@@ -90,8 +102,10 @@ def test_bench_writes_json(tmp_path: Path, capsys) -> None:
         "test-tiny-student (sdpa, onednn)",
     }
     for r in report["results"].values():
-        assert len(r["samples_ms"]) == 2
-        assert r["median_ms"] > 0
+        assert len(r["encoder"]["samples_ms"]) == 2
+        assert r["decoder"]["median_ms"] > 0
+        assert r["gmacs"] > 0
+    assert (tmp_path / "p.png").stat().st_size > 1000
     assert "| test-tiny (sdpa) |" in capsys.readouterr().out
 
 

@@ -50,3 +50,121 @@ def test_refuses_unsupported_dtypes() -> None:
     model = fastsam3d.load_model("test-tiny", dtype=torch.float64)
     with pytest.raises(ValueError, match="float32/bfloat16"):
         onednn.optimize_for_cpu(model)
+
+
+# -- exported runtimes ---------------------------------------------------------------------------
+
+from fastsam3d.runtime import exported as exported_module  # noqa: E402
+from fastsam3d.runtime import select  # noqa: E402
+from fastsam3d.runtime.exported import ExportedModel  # noqa: E402
+
+needs_exports = pytest.mark.skipif(
+    not (select.available("onnxruntime") and select.available("openvino")),
+    reason="onnx / onnxruntime / openvino not installed",
+)
+
+
+@pytest.fixture(scope="module")
+def fixture_models(tmp_path_factory):
+    from fastsam3d.conformance import fixture_state_dict, model_shapes, write_upstream_checkpoint
+
+    out = {}
+    for fx in fixtures():
+        path = write_upstream_checkpoint(
+            tmp_path_factory.mktemp("w") / "c.pth",
+            fixture_state_dict(model_shapes(fx.config)),
+            "full",
+        )
+        out[fx.name] = (
+            fastsam3d.load_model(fx.config, path),
+            load_reference(FIXTURES / fx.filename),
+        )
+    return out, tmp_path_factory.mktemp("graphs")
+
+
+def _outputs(model, ref):
+    zeros = torch.zeros(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        emb = model.encode(ref["input"])
+        b, b_iou = model.decode(emb, ref["points"], ref["labels"], zeros)
+        c, _ = model.decode(emb, ref["points"], ref["labels"], b)
+    return {
+        "image_embedding": emb,
+        "B_low_res_masks": b,
+        "B_iou_predictions": b_iou,
+        "C_low_res_masks": c,
+    }
+
+
+@needs_exports
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("which", ["fastsam3d student", "sam-med3d reduced teacher"])
+def test_exported_fp32_graphs_reproduce_upstream(runtime, which, fixture_models) -> None:
+    models, cache = fixture_models
+    model, ref = models[which]
+    fast = ExportedModel(model, runtime, cache_dir=cache)
+    for key, value in _outputs(fast, ref).items():
+        torch.testing.assert_close(value, ref[key], atol=1e-4, rtol=1e-4, msg=f"{runtime} {key}")
+
+
+def _mask_dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    up = lambda x: torch.nn.functional.interpolate(x, size=(128,) * 3, mode="trilinear") > 0  # noqa: E731
+    ma, mb = up(a), up(b)
+    return 2 * float((ma & mb).sum()) / float(ma.sum() + mb.sum())
+
+
+@needs_exports
+@pytest.mark.parametrize(
+    ("runtime", "min_dice"), [("openvino-bf16", 0.99), ("onnxruntime-int8", 0.95)]
+)
+def test_reduced_precision_against_fp32(runtime, min_dice, fixture_models) -> None:
+    models, cache = fixture_models
+    model, ref = models["fastsam3d student"]
+    want, got = _outputs(model, ref), _outputs(ExportedModel(model, runtime, cache_dir=cache), ref)
+    cos = torch.nn.functional.cosine_similarity(
+        got["image_embedding"].flatten(), want["image_embedding"].flatten(), dim=0
+    )
+    assert cos > 0.998
+    assert _mask_dice(got["B_low_res_masks"], want["B_low_res_masks"]) >= min_dice
+
+
+@needs_exports
+def test_graphs_are_cached_and_fallbacks_use_torch(tmp_path, monkeypatch, gen) -> None:
+    model = fastsam3d.load_model("test-tiny", seed=4)
+    ExportedModel(model, "onnxruntime", cache_dir=tmp_path)
+    monkeypatch.setattr(
+        exported_module.torch.onnx, "export", lambda *a, **k: pytest.fail("re-exported")
+    )
+    fast = ExportedModel(model, "openvino", cache_dir=tmp_path)
+    image, points, labels = tiny_inputs(model, gen)
+    with torch.inference_mode():
+        emb = model.encode(image)
+        for kwargs in ({"multimask": True, "mask_logits": torch.zeros(1, 1, 16, 16, 16)}, {}):
+            torch.testing.assert_close(
+                fast.decode(emb, points, labels, **kwargs),
+                model.decode(emb, points, labels, **kwargs),
+            )
+    with pytest.raises(ValueError, match="labels must be -1, 0 or 1"):
+        fast.decode(emb, points, labels * 2, mask_logits=torch.zeros(1, 1, 16, 16, 16))
+
+
+def test_runtime_selection(monkeypatch) -> None:
+    model = fastsam3d.load_model("test-tiny")
+    assert select.resolve("torch", model) == "torch"
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        select.resolve("tensorrt", model)
+    monkeypatch.setattr(select, "cpu_has_native_bf16", lambda: False)
+    assert select.resolve("auto", model) == ("onednn" if onednn.available() else "torch")
+    if select.available("openvino-bf16"):
+        monkeypatch.setattr(select, "cpu_has_native_bf16", lambda: True)
+        assert select.resolve("auto", model) == "openvino-bf16"
+
+
+@needs_exports
+def test_session_prepares_the_runtime(tmp_path, monkeypatch) -> None:
+    from fastsam3d.interactive.session import Session
+
+    monkeypatch.setenv("FASTSAM3D_CACHE", str(tmp_path))
+    model = fastsam3d.load_model("test-tiny")
+    assert isinstance(Session(model, runtime="openvino").model, ExportedModel)
+    assert Session(model, runtime="torch").model is model

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -76,8 +77,25 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .bench.encoders import Candidate, benchmark_encoders, markdown_table
-    from .runtime.onednn import available
+    from .runtime.select import available
+
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    for runtime in runtimes:
+        if runtime not in RUNTIME_CHOICES or runtime == "auto":
+            raise ValueError(
+                f"--runtimes: unknown runtime {runtime!r}; choose from {RUNTIME_CHOICES[1:]}"
+            )
+    missing = [r for r in runtimes if not available(r)]
+    if missing:
+        print(f"not installed here, skipped: {', '.join(missing)}")
+        runtimes = [r for r in runtimes if r not in missing]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    def bar(desc: str) -> Any:
+        return lambda steps: tqdm(steps, desc=desc, unit="run", file=sys.stderr)
 
     if args.target == "session":
         from .bench.session import benchmark_session, session_markdown
@@ -85,38 +103,44 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         report = benchmark_session(
             sample_name=args.sample,
             model_name=args.models.split(",")[-1].strip(),
-            runtime=args.runtimes.split(",")[0].strip(),
+            runtime=runtimes[0],
             rounds=args.rounds,
-            threads=args.threads,
-            progress=lambda steps: tqdm(
-                steps, desc="session rounds", unit="round", file=sys.stderr
-            ),
+            threads=args.threads or 2,
+            progress=bar("session rounds"),
         )
         print(session_markdown(report))
-        if args.json:
-            _write_json_atomic(Path(args.json), report)
-            print(f"wrote {args.json}")
-        return 0
+    else:
+        from .bench.encoders import (
+            Candidate,
+            benchmark_encoders,
+            default_candidates,
+            markdown_table,
+            peak_memory_mb,
+            plot_latency,
+        )
 
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
-    for runtime in runtimes:
-        if runtime not in ("torch", "onednn"):
-            raise ValueError(f"--runtimes: unknown runtime {runtime!r}; choose torch, onednn")
-    if "onednn" in runtimes and not available():
-        print("oneDNN linear kernels unavailable in this torch: skipping runtime onednn")
-        runtimes.remove("onednn")
-    candidates = [Candidate(n, "sdpa", r) for r in runtimes for n in names]
-    if args.reference:
-        candidates += [Candidate(n, "eager") for n in names]
-    report = benchmark_encoders(
-        candidates,
-        rounds=args.rounds,
-        warmup=args.warmup,
-        threads=args.threads,
-        progress=lambda steps: tqdm(steps, desc="encoder rounds", unit="run", file=sys.stderr),
-    )
-    print(markdown_table(report))
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        if names == ["sam-med3d", "fastsam3d"] and not args.no_table4:
+            candidates = default_candidates(args.reference, runtimes)
+        else:
+            candidates = [Candidate(n, "sdpa", r) for n in names for r in runtimes]
+            if args.reference:
+                candidates += [Candidate(n, "eager") for n in names]
+        report = benchmark_encoders(
+            candidates,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            threads=args.threads or 2,
+            progress=bar("round-robin"),
+            decoder=not args.no_decoder,
+            accuracy=not args.no_accuracy,
+        )
+        if args.memory:
+            for c in tqdm(candidates, desc="peak memory (fresh processes)", file=sys.stderr):
+                report["results"][c.label]["peak_memory_mb"] = peak_memory_mb(c, args.threads or 2)
+        print(markdown_table(report))
+        if args.plot:
+            print(f"wrote {plot_latency(report, args.plot)}")
     if args.json:
         _write_json_atomic(Path(args.json), report)
         print(f"wrote {args.json}")
@@ -269,9 +293,17 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     volume = read_volume(args.image, channel=args.channel)
     stage("load image", 1e3 * (time.perf_counter() - t), volume.describe())
     t = time.perf_counter()
+    from .runtime.select import prepare, resolve
+
     model = load_model(args.model, args.checkpoint, device=device)
-    stage("load model", 1e3 * (time.perf_counter() - t), f"{args.model} on {device}")
-    session = Session(model, prompting=args.prompting)
+    runtime = resolve(args.runtime, model)
+    runner = prepare(model, runtime, threads=args.threads)
+    stage(
+        "load model",
+        1e3 * (time.perf_counter() - t),
+        f"{args.model} on {device}, runtime {runtime}",
+    )
+    session = Session(runner, prompting=args.prompting, runtime="torch")
     session.set_image(volume)
     result = None
     for n, (point, positive) in enumerate(clicks, start=1):
@@ -370,11 +402,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = _resolve_device(args.device)
     methods: list[Method] = []
+    from .runtime.select import prepare, resolve
+
     for name, ckpt in zip(models, ckpts, strict=True):
         random = ckpt == "random"
         model = load_model(name, None if random else ckpt, device=device, seed=args.seed)
         label = f"{name} (random weights)" if random else f"{name} ({Path(ckpt).name})"
-        methods.append(Method(label, model))
+        runtime = resolve(args.runtime, model)
+        if runtime != "torch":
+            label += f" [{runtime}]"
+        methods.append(Method(label, prepare(model, runtime, threads=args.threads)))
     if not args.no_baseline:
         size = methods[0].model.cfg.image_size if methods else 128
         low = methods[0].model.cfg.low_res_size if methods else 32
@@ -459,6 +496,17 @@ def _default_fixtures() -> str:
     return str(Path(__file__).resolve().parents[2] / "tests" / "fixtures")
 
 
+RUNTIME_CHOICES = (
+    "auto",
+    "torch",
+    "onednn",
+    "onnxruntime",
+    "onnxruntime-int8",
+    "openvino",
+    "openvino-bf16",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastsam3d", description="Fast promptable 3D segmentation of CT and MRI."
@@ -483,19 +531,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="time the encoders, or interactive latency on a sample scan",
-        description="encoders: median encoder time of each model, round-robin in one run. "
-        "session: first click on a newly loaded sample scan and warm clicks (uses the last "
-        "--models entry and the first --runtimes entry).",
+        help="benchmark models and runtimes (Tables 3/4), or interactive latency on a scan",
+        description="models: encoder and decoder time of each model x runtime (and the "
+        "student's dense/sparse x eager/SDPA attention), round-robin in one run, with FLOPs, "
+        "parameters, accuracy against fp32 torch and optionally peak memory. session: first "
+        "click on a newly loaded sample scan and warm clicks (uses the last --models entry and "
+        "the first --runtimes entry).",
     )
-    p.add_argument("target", nargs="?", choices=("encoders", "session"), default="encoders")
+    p.add_argument("target", nargs="?", choices=("models", "encoders", "session"), default="models")
     p.add_argument("--models", default="sam-med3d,fastsam3d", help="comma-separated names")
-    p.add_argument("--sample", default="ct", help="session: bundled sample (ct, ct_dicom, mr, ...)")
     p.add_argument(
         "--runtimes",
-        default="torch,onednn",
-        help="torch (plain model) and/or onednn (pre-packed oneDNN linears, fp32)",
+        default="torch,onednn,onnxruntime,openvino,openvino-bf16,onnxruntime-int8",
+        help="comma-separated runtimes (those not installed are skipped)",
     )
+    p.add_argument("--sample", default="ct", help="session: bundled sample (ct, ct_dicom, mr, ...)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
@@ -504,6 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time the eager reference path (upstream's arithmetic; slow)",
     )
+    p.add_argument("--no-table4", action="store_true", help="skip the student attention variants")
+    p.add_argument("--no-decoder", action="store_true", help="time encoders only")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy check")
+    p.add_argument(
+        "--memory", action="store_true", help="peak memory per candidate (fresh processes)"
+    )
+    p.add_argument("--plot", help="write a latency plot (PNG) here")
     p.add_argument("--json", help="write the full report here")
     p.set_defaults(func=_cmd_bench)
 
@@ -562,7 +619,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output mask (.nii.gz, .nii, .nrrd, .mha)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help="CPU threads for torch / the runtime")
+    p.add_argument(
+        "--runtime",
+        default="auto",
+        choices=RUNTIME_CHOICES,
+        help="auto: fastest runtime that passed the accuracy checks (see README)",
+    )
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser(
@@ -601,6 +664,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cases", type=int, help="only the first N cases")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, help="CPU threads per process")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=RUNTIME_CHOICES,
+        help="how models run (default torch: the reference numbers)",
+    )
     p.set_defaults(func=_cmd_eval)
 
     for name, text in (

@@ -115,7 +115,7 @@ def test_session_reproduces_model_decode_exactly(student) -> None:
         emb = student.encode(image)
         first, _ = student.decode(emb, points, labels, torch.zeros(1, 1, 32, 32, 32))
         second, _ = student.decode(emb, points[:, 1:2], labels[:, 1:2], first)
-    session = Session(student, frame=FrameSpec(normalization="none"))
+    session = Session(student, frame=FrameSpec(normalization="none"), runtime="torch")
     session.set_image(image[0, 0].numpy(), spacing=(1.5, 1.5, 1.5))
     for point, label in zip(points[0].tolist(), labels[0].tolist(), strict=True):
         session.add_click(point, positive=bool(label), predict=False)
@@ -136,7 +136,7 @@ def _tiny_session(prompting="newest") -> tuple[Session, Volume]:
         np.random.default_rng(0).normal(size=(60, 50, 40)).astype(np.float32),
         spacing=(1.0, 1.0, 1.0),
     )
-    session = Session(model, prompting=prompting)
+    session = Session(model, prompting=prompting, runtime="torch")
     session.set_image(volume)
     return session, volume
 
@@ -244,12 +244,12 @@ def test_one_model_serves_several_sessions() -> None:
     vol_b = np.random.default_rng(4).normal(size=(50, 30, 40)).astype(np.float32)
     alone = []
     for vol, point in ((vol_a, (20, 20, 20)), (vol_b, (10, 15, 30))):
-        s = Session(model)
+        s = Session(model, runtime="torch")
         s.set_image(vol)
         s.add_click(point)
         s.add_click(point, positive=False)
         alone.append(s.mask.copy())
-    a, b = Session(model), Session(model)
+    a, b = Session(model, runtime="torch"), Session(model, runtime="torch")
     a.set_image(vol_a)
     b.set_image(vol_b)
     a.add_click((20, 20, 20))
@@ -279,7 +279,7 @@ def test_bad_points(point, kwargs, match) -> None:
 
 
 def test_call_order_errors() -> None:
-    session = Session(fastsam3d.load_model("test-tiny"))
+    session = Session(fastsam3d.load_model("test-tiny"), runtime="torch")
     with pytest.raises(RuntimeError, match=r"call set_image\(\.\.\.\) first"):
         session.add_click((1, 2, 3))
     with pytest.raises(RuntimeError, match="set_image"):
@@ -292,13 +292,13 @@ def test_call_order_errors() -> None:
 def test_bad_images_and_settings() -> None:
     model = fastsam3d.load_model("test-tiny")
     with pytest.raises(ValueError, match="NaN or infinite"):
-        Session(model).set_image(np.full((10, 10, 10), np.nan, np.float32))
+        Session(model, runtime="torch").set_image(np.full((10, 10, 10), np.nan, np.float32))
     with pytest.raises(ValueError, match="expected a 3D array"):
-        Session(model).set_image(np.zeros((10, 10), np.float32))
+        Session(model, runtime="torch").set_image(np.zeros((10, 10), np.float32))
     with pytest.raises(ValueError, match="frame size 128 differs"):
-        Session(model, frame=FrameSpec(size=128))
+        Session(model, frame=FrameSpec(size=128), runtime="torch")
     with pytest.raises(ValueError, match="prompting"):
-        Session(model, prompting="first")  # type: ignore[arg-type]
+        Session(model, prompting="first", runtime="torch")  # type: ignore[arg-type]
 
 
 def test_clicks_too_far_apart_for_one_region() -> None:

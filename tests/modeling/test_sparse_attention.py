@@ -83,6 +83,14 @@ def test_self_attention_equals_brute_force(heads: int, patterns, gen: torch.Gene
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_eager_and_sdpa_sparse_paths_agree(impl: str, gen: torch.Generator) -> None:
+    pats = [SparsePattern(16, 2), SparsePattern(64, 4)]
+    q, k, v = _qkv(2, 4, 64, 8, gen)
+    want = _brute_force(q, k, v, _self_masks(64, 4, pats))
+    torch.testing.assert_close(dilated_self_attention(q, k, v, pats, impl=impl), want)
+
+
 def test_self_attention_with_relative_bias_equals_brute_force(gen: torch.Generator) -> None:
     g, heads, c = 4, 4, 6
     n = g**3

@@ -1,53 +1,72 @@
-"""Encoder benchmark: median time per ``128^3`` volume of several models, measured in one run.
+"""Model benchmark (the paper's Tables 3 and 4): encoder and decoder time per model, runtime and
+attention variant, measured side by side in one run, with FLOPs, parameters, accuracy against
+fp32 torch and (optionally) peak memory.
 
 All candidates are resident at once and timed round-robin (see
-:func:`fastsam3d.bench.timing.round_robin`); weights are random (timing does not depend on them).
+:func:`fastsam3d.bench.timing.round_robin`); weights are random (timing does not depend on
+them). Accuracy of a runtime is measured on a region of the bundled sample CT around the liver:
+cosine of the embedding and Dice of the first-click mask against the fp32 torch model with the
+same weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import os
 import platform
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..build import build_meta, load_model
-from ..config import AttentionImpl
-from ..modeling.sam3d import Sam3D
+from ..config import AttentionImpl, SparseAttentionConfig, SparsePattern
 from ..registry import get_spec
-from ..runtime.onednn import optimize_for_cpu
 from .timing import TimingStats, round_robin
 
-Runtime = Literal["torch", "onednn"]
+SPARSE = SparseAttentionConfig((SparsePattern(128, 2),))
+"""The sparse attention of the benchmark's Table-4 rows: segments of two 8x8 slices, every
+second token, per-head offsets."""
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A model name, the attention implementation and the runtime to time it with.
-
-    ``runtime="onednn"`` times :func:`fastsam3d.runtime.onednn.optimize_for_cpu` of the model.
-    """
+    """A model, its attention implementation, sparse or dense, and a runtime."""
 
     model: str
     attn_impl: AttentionImpl = "sdpa"
-    runtime: Runtime = "torch"
+    runtime: str = "torch"
+    sparse: bool = False
 
     @property
     def label(self) -> str:
-        suffix = "" if self.runtime == "torch" else f", {self.runtime}"
-        return f"{self.model} ({self.attn_impl}{suffix})"
+        parts = (
+            [self.attn_impl]
+            + (["sparse"] if self.sparse else [])
+            + ([] if self.runtime == "torch" else [self.runtime])
+        )
+        return f"{self.model} ({', '.join(parts)})"
 
-    def load(self) -> Sam3D:
-        model = load_model(self.model, attn_impl=self.attn_impl)
-        return optimize_for_cpu(model) if self.runtime == "onednn" else model
+    def torch_model(self) -> Any:
+        return load_model(
+            self.model, attn_impl=self.attn_impl, sparse=SPARSE if self.sparse else "keep"
+        )
+
+    def load(self, threads: int | None = None) -> Any:
+        from ..runtime.select import prepare
+
+        return prepare(self.torch_model(), self.runtime, threads=threads)
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    """CPU model and relevant flags, library versions, thread count, date."""
+    """CPU model and relevant flags, library versions, thread count, GPU, date."""
     cpu, flags = platform.processor() or "unknown", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -61,15 +80,78 @@ def machine_info(threads: int) -> dict[str, Any]:
     except OSError:
         pass
     interesting = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    for package in ("onnxruntime", "openvino", "numpy"):
+        with contextlib.suppress(ImportError, AttributeError):
+            versions[package] = __import__(package).__version__
     return {
         "cpu": cpu,
         "cpu_flags": [f for f in interesting if f in flags],
         "logical_cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        **versions,
         "threads": threads,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def count_flops(candidate: Candidate) -> dict[str, float]:
+    """FLOPs of one encoder pass on the meta device (no compute): every op, attention matmuls
+    included (``FlopCounterMode`` under the math SDPA backend), MACs = FLOPs / 2, and the
+    Linear + Conv MACs alone (thop/ptflops-style module counting, how the paper's "21.9 G" was
+    obtained). Runtimes do not change these counts."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = get_spec(candidate.model).config.with_attention(
+        candidate.attn_impl, encoder_sparse=SPARSE if candidate.sparse else "keep"
+    )
+    model = build_meta(cfg)
+    image = torch.zeros(1, 1, *(cfg.image_size,) * 3, device="meta")
+    module_macs = 0
+
+    def hook(
+        module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> None:
+        nonlocal module_macs
+        if isinstance(module, torch.nn.Linear):
+            module_macs += output.numel() * module.in_features
+        elif isinstance(module, torch.nn.Conv3d):
+            kernel = int(np.prod(module.kernel_size)) * module.in_channels // module.groups
+            module_macs += output.numel() * kernel
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.image_encoder.modules()
+        if isinstance(m, torch.nn.Linear | torch.nn.Conv3d)
+    ]
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        model.image_encoder(image)
+    for h in handles:
+        h.remove()
+    flops = counter.get_total_flops()
+    return {"gflops": flops / 1e9, "gmacs": flops / 2e9, "linear_conv_gmacs": module_macs / 1e9}
+
+
+def _accuracy_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A normalised 128^3 region of the sample CT around the liver, and a click at its centre."""
+    from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
+    from ..data.io import read_volume
+    from ..samples import label_value, sample
+
+    s = sample("ct")
+    volume, labels = read_volume(s.image), read_volume(s.labels).array
+    liver = np.argwhere(labels == label_value(s.label_set, "liver"))
+    centre = liver.mean(axis=0)
+    roi = roi_around(volume, centre, FrameSpec())
+    image = normalize_roi(resample_to_roi(volume, roi), "zscore_positive")[None, None]
+    to_roi = roi.roi_from_volume(volume)
+    point = centre @ to_roi[:3, :3].T + to_roi[:3, 3]
+    return image, torch.from_numpy(np.asarray(point, np.float32))[None, None], torch.tensor([[1]])
+
+
+def _upsampled_mask(logits: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(logits, size=(128,) * 3, mode="trilinear", align_corners=False) > 0
 
 
 def benchmark_encoders(
@@ -78,18 +160,17 @@ def benchmark_encoders(
     warmup: int = 1,
     threads: int = 2,
     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+    decoder: bool = True,
+    accuracy: bool = True,
 ) -> dict[str, Any]:
-    """Time ``model.encode`` of each candidate on one ``(1, 1, S, S, S)`` fp32 volume.
+    """Time encoder (and decoder) of each candidate round-robin; see the module docstring.
 
     Runs with ``torch.set_num_threads(threads)`` and restores the previous count afterwards.
-
-    Returns:
-        JSON-ready dict: ``machine``, ``results`` (label -> stats, params), ``rounds``.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _benchmark(candidates, rounds, warmup, threads, progress)
+        return _benchmark(candidates, rounds, warmup, threads, progress, decoder, accuracy)
     finally:
         torch.set_num_threads(previous)
 
@@ -100,43 +181,68 @@ def _benchmark(
     warmup: int,
     threads: int,
     progress: Callable[[Iterable[int]], Iterable[int]] | None,
+    decoder: bool,
+    accuracy: bool,
 ) -> dict[str, Any]:
-    models = {c.label: c.load() for c in candidates}
+    models = {c.label: c.load(threads) for c in candidates}
     gen = torch.Generator().manual_seed(0)
-    inputs = {
+    images = {
         label: torch.randn(1, 1, *(m.cfg.image_size,) * 3, generator=gen)
         for label, m in models.items()
     }
-
-    def encoder_call(label: str) -> Callable[[], object]:
-        model, image = models[label], inputs[label]
-
-        def run() -> object:
+    calls: dict[str, Callable[[], object]] = {}
+    for label, model in models.items():
+        image = images[label]
+        calls[f"{label}|encoder"] = _encoder_call(model, image)
+        if decoder:
             with torch.inference_mode():
-                return model.encode(image)
-
-        return run
-
-    encoder_params = {
-        c.model: sum(
-            p.numel() for p in build_meta(get_spec(c.model).config).image_encoder.parameters()
-        )
-        for c in candidates
-    }
-    stats: dict[str, TimingStats] = round_robin(
-        {label: encoder_call(label) for label in models}, rounds, warmup, progress=progress
-    )
-    results = {
-        label: {
+                embedding = model.encode(image)
+            size, low = model.cfg.image_size, model.cfg.low_res_size
+            point = torch.tensor([[[size / 2, size / 2 - 3, size / 2 + 2]]])
+            prev = torch.randn(1, 1, low, low, low, generator=gen)
+            calls[f"{label}|decoder"] = _decoder_call(model, embedding, point, prev, None)
+            calls[f"{label}|decoder+upsample"] = _decoder_call(model, embedding, point, prev, size)
+    stats: dict[str, TimingStats] = round_robin(calls, rounds, warmup, progress=progress)
+    reference = _accuracy_reference(candidates) if accuracy else {}
+    results = {}
+    for c in candidates:
+        label = c.label
+        row: dict[str, Any] = {
             "model": c.model,
             "attn_impl": c.attn_impl,
             "runtime": c.runtime,
-            "encoder_params": encoder_params[c.model],
-            **stats[label].to_dict(),
+            "sparse": c.sparse,
+            "encoder_params": sum(
+                p.numel() for p in build_meta(get_spec(c.model).config).image_encoder.parameters()
+            ),
+            "total_params": sum(
+                p.numel() for p in build_meta(get_spec(c.model).config).parameters()
+            ),
+            **count_flops(c),
+            "encoder": stats[f"{label}|encoder"].to_dict(),
         }
-        for c in candidates
-        for label in [c.label]
-    }
+        if decoder:
+            row["decoder"] = stats[f"{label}|decoder"].to_dict()
+            row["decoder+upsample"] = stats[f"{label}|decoder+upsample"].to_dict()
+        if accuracy and (c.model, c.attn_impl, c.sparse) in reference:
+            row["accuracy"] = _accuracy(models[label], reference[(c.model, c.attn_impl, c.sparse)])
+        results[label] = row
+    teacher = next(
+        (
+            r
+            for r in results.values()
+            if r["model"] == "sam-med3d"
+            and r["runtime"] == "torch"
+            and not r["sparse"]
+            and r["attn_impl"] == "sdpa"
+        ),
+        None,
+    )
+    for row in results.values():
+        if teacher is not None:
+            row["speedup_vs_teacher"] = (
+                teacher["encoder"]["median_ms"] / row["encoder"]["median_ms"]
+            )
     return {
         "machine": machine_info(threads),
         "rounds": rounds,
@@ -145,26 +251,177 @@ def _benchmark(
     }
 
 
+def _encoder_call(model: Any, image: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.inference_mode():
+            return model.encode(image)
+
+    return run
+
+
+def _decoder_call(
+    model: Any,
+    embedding: torch.Tensor,
+    point: torch.Tensor,
+    prev: torch.Tensor,
+    upsample: int | None,
+) -> Callable[[], object]:
+    labels = torch.tensor([[1]])
+
+    def run() -> object:
+        with torch.inference_mode():
+            logits, _ = model.decode(embedding, point, labels, mask_logits=prev)
+            if upsample is not None:
+                return (
+                    F.interpolate(
+                        logits, size=(upsample,) * 3, mode="trilinear", align_corners=False
+                    )
+                    > 0
+                )
+            return logits
+
+    return run
+
+
+def _accuracy_reference(
+    candidates: Sequence[Candidate],
+) -> dict[tuple[str, str, bool], dict[str, torch.Tensor]]:
+    """fp32 torch outputs on the sample-CT region for every (model, attention) benchmarked."""
+    image, point, label = _accuracy_inputs()
+    out: dict[tuple[str, str, bool], dict[str, torch.Tensor]] = {}
+    for c in candidates:
+        key = (c.model, c.attn_impl, c.sparse)
+        if key in out or get_spec(c.model).config.image_size != 128:
+            continue
+        model = Candidate(c.model, c.attn_impl, "torch", c.sparse).torch_model()
+        with torch.inference_mode():
+            embedding = model.encode(image)
+            logits, _ = model.decode(embedding, point, label, torch.zeros(1, 1, 32, 32, 32))
+        out[key] = {
+            "image": image,
+            "point": point,
+            "label": label,
+            "embedding": embedding,
+            "logits": logits,
+        }
+    return out
+
+
+def _accuracy(model: Any, ref: dict[str, torch.Tensor]) -> dict[str, float]:
+    with torch.inference_mode():
+        embedding = model.encode(ref["image"])
+        logits, _ = model.decode(
+            embedding, ref["point"], ref["label"], torch.zeros(1, 1, 32, 32, 32)
+        )
+    cos = F.cosine_similarity(embedding.flatten().float(), ref["embedding"].flatten(), dim=0)
+    a, b = _upsampled_mask(logits), _upsampled_mask(ref["logits"])
+    total = float(a.sum() + b.sum())
+    return {
+        "embedding_max_abs": float((embedding - ref["embedding"]).abs().max()),
+        "embedding_1_minus_cos": float(1 - cos),
+        "mask_dice": 2 * float((a & b).sum()) / total if total else 1.0,
+    }
+
+
+def peak_memory_mb(candidate: Candidate, threads: int = 2) -> float:
+    """Peak resident memory (MB) of a fresh process that loads the candidate and runs one encode
+    and one decode (``VmHWM`` of the new address space: ``ru_maxrss`` would report the parent's
+    peak, which survives fork + exec; includes importing torch)."""
+    code = (
+        "import resource, torch, json, sys\n"
+        "from fastsam3d.bench.encoders import Candidate\n"
+        f"torch.set_num_threads({threads})\n"
+        f"c = Candidate(**json.loads({json.dumps(json.dumps(candidate.__dict__))!s}))\n"
+        "m = c.load()\n"
+        "s = m.cfg.image_size\n"
+        "with torch.inference_mode():\n"
+        "    e = m.encode(torch.randn(1, 1, s, s, s))\n"
+        "    m.decode(e, torch.full((1, 1, 3), s / 2), torch.ones(1, 1, dtype=torch.long),"
+        " torch.zeros(1, 1, m.cfg.low_res_size, m.cfg.low_res_size, m.cfg.low_res_size))\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+        "print(int(hwm[0].split()[1]) / 1024 if hwm else"
+        " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe failed for {candidate.label}: {done.stderr[-500:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    """A Markdown table of :func:`benchmark_encoders` output, with ratios to the fastest."""
+    """Markdown tables of :func:`benchmark_encoders` output (Table 3 and Table 4 style)."""
     rows = report["results"]
-    fastest = min(r["median_ms"] for r in rows.values())
+    has_decoder = any("decoder" in r for r in rows.values())
     lines = [
-        "| model (attention) | encoder params | median ms | p90 ms | min ms | x fastest "
-        "| max foreign load (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model (attention, runtime) | params (encoder) | GFLOP / GMAC (Linear+Conv GMAC) "
+        "| encoder median ms (p90) | x vs teacher | "
+        + ("decoder ms | decoder + 128^3 upsample ms | " if has_decoder else "")
+        + "embedding 1-cos | mask Dice vs fp32 | peak MB |",
+        "|---|---:|---:|---:|---:|" + ("---:|---:|" if has_decoder else "") + "---:|---:|---:|",
     ]
     for label, r in rows.items():
-        foreign = [f for f in r["foreign_cores"] if f is not None]
-        load = f"{max(foreign):.2f}" if foreign else "n/a"
+        enc = r["encoder"]
+        acc = r.get("accuracy", {})
+        speed = f"{r['speedup_vs_teacher']:.2f}" if "speedup_vs_teacher" in r else "-"
+        dec = ""
+        if has_decoder:
+            dec = f"{r['decoder']['median_ms']:.1f} | {r['decoder+upsample']['median_ms']:.1f} | "
+        cos = f"{acc['embedding_1_minus_cos']:.1e}" if acc else "-"
+        dice = f"{acc['mask_dice']:.4f}" if acc else "-"
+        mem = f"{r['peak_memory_mb']:.0f}" if "peak_memory_mb" in r else "-"
         lines.append(
-            f"| {label} | {r['encoder_params'] / 1e6:.1f} M | {r['median_ms']:.0f} | "
-            f"{r['p90_ms']:.0f} | {r['min_ms']:.0f} | {r['median_ms'] / fastest:.2f} | {load} |"
+            f"| {label} | {r['encoder_params'] / 1e6:.1f} M | {r['gflops']:.1f} / {r['gmacs']:.1f} "
+            f"({r['linear_conv_gmacs']:.1f}) | {enc['median_ms']:.0f} ({enc['p90_ms']:.0f}) "
+            f"| {speed} | {dec}{cos} | {dice} | {mem} |"
         )
     m = report["machine"]
+    foreign = [f for r in rows.values() for f in r["encoder"]["foreign_cores"] if f is not None]
     lines.append("")
     lines.append(
         f"{m['cpu']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads, torch {m['torch']}, "
-        f"{report['rounds']} round-robin rounds, {m['date']}"
+        f"onnxruntime {m.get('onnxruntime', '-')}, openvino {m.get('openvino', '-')}, "
+        f"{report['rounds']} round-robin rounds, max foreign load "
+        f"{max(foreign) if foreign else float('nan'):.2f} cores, {m['date']}"
     )
     return "\n".join(lines)
+
+
+def plot_latency(report: dict[str, Any], path: str) -> str:
+    """Horizontal bars: encoder and decoder median ms per candidate (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    labels = list(rows)
+    enc = [rows[k]["encoder"]["median_ms"] for k in labels]
+    dec = [rows[k].get("decoder", {}).get("median_ms", 0.0) for k in labels]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2), dpi=120)
+    y = np.arange(len(labels))
+    ax.barh(y - 0.2, enc, height=0.4, label="image encoder (once per region)")
+    ax.barh(y + 0.2, dec, height=0.4, label="prompt encoder + decoder (per click)")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"ms per 128^3 region, median ({report['machine']['threads']} CPU threads)")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def default_candidates(reference: bool, runtimes: Sequence[str]) -> list[Candidate]:
+    """Table 3 (models x runtimes) and Table 4 (student attention variants)."""
+    out = [Candidate(m, "sdpa", r) for m in ("sam-med3d", "fastsam3d") for r in runtimes]
+    out += [
+        Candidate("fastsam3d", impl, "torch", sparse)
+        for impl in ("eager", "sdpa")
+        for sparse in (False, True)
+        if not (impl == "sdpa" and not sparse)
+    ]
+    if reference:
+        out.append(Candidate("sam-med3d", "eager"))
+    return out

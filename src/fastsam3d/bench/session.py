@@ -10,8 +10,10 @@ structure of a bundled sample with a seeded generator. Timing does not depend on
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +22,42 @@ import torch
 from ..build import load_model
 from ..data.io import read_volume
 from ..interactive.session import Session
-from ..runtime.onednn import optimize_for_cpu
+from ..runtime.select import prepare
 from ..samples import label_value, sample
 from .encoders import machine_info
 from .timing import ForeignLoad
+
+
+def synthetic_ct(folder: Path, seed: int = 0) -> tuple[Path, np.ndarray]:
+    """A 512 x 512 x 300 CT-like volume (0.7 x 0.7 x 1.0 mm, int16 HU) written as ``.nii.gz``:
+    air, a body ellipse of soft tissue with noise, and three ellipsoid "organs"; returns the path
+    and a label map (organ ``i`` = ``i``) on the same grid."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    shape = (512, 512, 300)
+    i, j, k = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    body = ((i - 256) / 220.0) ** 2 + ((j - 256) / 170.0) ** 2 <= 1.0
+    image = np.full(shape, -1000, np.int16)
+    image[np.broadcast_to(body, shape)] = 40
+    labels = np.zeros(shape, np.uint8)
+    for value, (ci, cj, ck, ri, rj, rk, hu) in enumerate(
+        [
+            (200, 230, 150, 90, 70, 60, 110),
+            (330, 250, 170, 45, 40, 50, 80),
+            (256, 330, 120, 30, 30, 80, 250),
+        ],
+        start=1,
+    ):
+        organ = ((i - ci) / ri) ** 2 + ((j - cj) / rj) ** 2 + ((k - ck) / rk) ** 2 <= 1.0
+        labels[organ] = value
+        image[organ] = hu
+    image = (image + rng.normal(0, 15, shape)).astype(np.int16)
+    itk = sitk.GetImageFromArray(image.transpose(2, 1, 0))
+    itk.SetSpacing((0.7, 0.7, 1.0))
+    path = folder / "synthetic_ct.nii.gz"
+    sitk.WriteImage(itk, str(path), useCompression=True)
+    return path, labels
 
 
 def benchmark_session(
@@ -37,23 +71,27 @@ def benchmark_session(
     seed: int = 0,
     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
 ) -> dict[str, Any]:
-    """Measure first-click and warm-click latency on a bundled sample; returns a JSON-ready dict."""
+    """Measure first-click and warm-click latency on a bundled sample (or ``"synthetic"``: a
+    generated 512 x 512 x 300 CT); returns a JSON-ready dict."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    tmp = tempfile.TemporaryDirectory()
     try:
-        model = load_model(model_name)
-        if runtime == "onednn":
-            model = optimize_for_cpu(model)
-        elif runtime != "torch":
-            raise ValueError(f"unknown runtime {runtime!r}; choose torch or onednn")
-        chosen = sample(sample_name)
-        labels = read_volume(chosen.labels).array
-        inside = np.argwhere(labels == label_value(chosen.label_set, structure)).astype(float)
+        model = prepare(load_model(model_name), runtime, threads=threads)
+        if sample_name == "synthetic":
+            image_path, labels = synthetic_ct(Path(tmp.name), seed)
+            inside = np.argwhere(labels == 1).astype(float)
+        else:
+            chosen = sample(sample_name)
+            image_path = chosen.image
+            labels = read_volume(chosen.labels).array
+            inside = np.argwhere(labels == label_value(chosen.label_set, structure)).astype(float)
         rng = np.random.default_rng(seed)
         centre = inside.mean(axis=0)
         near = inside[np.linalg.norm(inside - centre, axis=1) < 12]  # voxels, stays in one ROI
-        warm = Session(model)  # warm-up: first-call allocations are not part of the measurement
-        warm.set_image(read_volume(chosen.image))
+        # warm-up: first-call allocations are not part of the measurement
+        warm = Session(model, runtime="torch")
+        warm.set_image(read_volume(image_path))
         warm.add_click(centre)
         warm.add_click(near[0])
 
@@ -66,9 +104,9 @@ def benchmark_session(
         for _ in steps:
             with ForeignLoad() as load:
                 t0 = time.perf_counter()
-                volume = read_volume(chosen.image)
+                volume = read_volume(image_path)
                 t1 = time.perf_counter()
-                session = Session(model)
+                session = Session(model, runtime="torch")
                 session.set_image(volume)
                 first = session.add_click(centre)
                 t2 = time.perf_counter()
@@ -84,6 +122,7 @@ def benchmark_session(
             )
     finally:
         torch.set_num_threads(previous)
+        tmp.cleanup()
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in records)
@@ -92,7 +131,7 @@ def benchmark_session(
     return {
         "machine": machine_info(threads),
         "sample": sample_name,
-        "image": chosen.image.name,
+        "image": image_path.name,
         "model": model_name,
         "runtime": runtime,
         "rounds": rounds,

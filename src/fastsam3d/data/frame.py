@@ -162,42 +162,45 @@ def _axis_aligned(matrix: np.ndarray, tol: float = 1e-6) -> np.ndarray | None:
     return rows if off.max() <= tol * m.max() else None
 
 
-def _interp_matrix(
-    positions: np.ndarray, n: int, inside_lo: float, inside_hi: float, clamp_hi: int
-) -> torch.Tensor:
-    """Linear-interpolation weights ``(len(positions), n)`` sampling a length-``n`` signal.
+def _taps(
+    positions: np.ndarray, n: int, inside_lo: float = -np.inf, inside_hi: float = np.inf
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two-tap linear interpolation of a length-``n`` signal at ``positions``.
 
-    Positions are clamped to ``[0, clamp_hi]`` (edge replication); rows whose position lies
-    outside ``[inside_lo, inside_hi]`` are all zero.
+    Positions are clamped to ``[0, n - 1]`` (edge replication); positions outside
+    ``[inside_lo, inside_hi]`` get zero weights. Returns ``(i0, i1, w0, w1)``.
     """
-    x = np.clip(positions, 0.0, clamp_hi)
-    x0 = np.floor(x).astype(np.int64)
-    x0 = np.minimum(x0, max(clamp_hi - 1, 0))
-    w1 = x - x0
-    rows = np.arange(len(positions))
-    weights = np.zeros((len(positions), n), dtype=np.float32)
+    x = np.clip(positions, 0.0, n - 1)
+    i0 = np.minimum(np.floor(x).astype(np.int64), max(n - 2, 0))
+    i1 = np.minimum(i0 + 1, n - 1)
+    w1 = (x - i0).astype(np.float32)
+    w0 = (1.0 - w1).astype(np.float32)
     valid = (positions >= inside_lo) & (positions <= inside_hi)
-    weights[rows[valid], x0[valid]] += (1.0 - w1[valid]).astype(np.float32)
-    has_next = valid & (x0 + 1 < n)
-    weights[rows[has_next], x0[has_next] + 1] += w1[has_next].astype(np.float32)
-    return torch.from_numpy(weights)
+    w0[~valid] = 0.0
+    w1[~valid] = 0.0
+    return torch.from_numpy(i0), torch.from_numpy(i1), torch.from_numpy(w0), torch.from_numpy(w1)
 
 
-def _contract(
-    block: torch.Tensor, mats: list[torch.Tensor], source_axes: list[int]
+def _apply_taps(
+    x: torch.Tensor, dim: int, taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
-    """``out[a0, a1, a2] = sum W0[a0, x_s0] W1[a1, x_s1] W2[a2, x_s2] block[x0, x1, x2]`` where
-    output axis ``a`` reads block axis ``source_axes[a]``. Largest block axis contracted first."""
-    # track which output axis each current tensor axis holds (None = still a block axis)
-    current: list[tuple[str, int]] = [("in", 0), ("in", 1), ("in", 2)]
-    x = block
-    order = sorted(range(3), key=lambda a: -block.shape[source_axes[a]])
-    for a in order:
-        pos = current.index(("in", source_axes[a]))
-        x = torch.tensordot(mats[a], x, dims=([1], [pos]))  # new axis 0 = output axis a
-        current = [("out", a), *current[:pos], *current[pos + 1 :]]
-    perm = [current.index(("out", a)) for a in range(3)]
-    return x.permute(perm).contiguous()
+    """Interpolate ``x`` along ``dim`` (gathers: each output reads two inputs)."""
+    i0, i1, w0, w1 = taps
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    return x.index_select(dim, i0) * w0.view(shape) + x.index_select(dim, i1) * w1.view(shape)
+
+
+def _dense_taps(
+    taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], n: int
+) -> torch.Tensor:
+    """The ``(len, n)`` matrix of :func:`_taps` (for upsampling a small grid by matmuls)."""
+    i0, i1, w0, w1 = taps
+    m = torch.zeros(len(i0), n)
+    rows = torch.arange(len(i0))
+    m.index_put_((rows, i0), w0, accumulate=True)
+    m.index_put_((rows, i1), w1, accumulate=True)
+    return m
 
 
 def _footprint(
@@ -236,20 +239,14 @@ def resample_to_roi(volume: Volume, roi: Roi) -> torch.Tensor:
     rows = _axis_aligned(to_vol)
     u = np.arange(size, dtype=np.float64)
     if rows is not None:
-        mats = []
-        for a in range(3):
-            p = rows[a]
-            pos = to_vol[p, a] * u + to_vol[p, 3]  # volume index along axis p
-            mats.append(
-                _interp_matrix(
-                    pos - start[p],
-                    block.shape[p],
-                    -0.5 - start[p],
-                    n[p] - 0.5 - start[p],
-                    block.shape[p] - 1,
-                )
-            )
-        return _contract(block, mats, [int(r) for r in rows])
+        # shrink the largest block axes first; every step gathers two taps per output
+        x = block
+        for a in sorted(range(3), key=lambda a: -block.shape[rows[a]]):
+            p = int(rows[a])
+            pos = to_vol[p, a] * u + to_vol[p, 3] - start[p]  # block index along axis p
+            taps = _taps(pos, block.shape[p], -0.5 - start[p], n[p] - 0.5 - start[p])
+            x = _apply_taps(x, p, taps)
+        return x.permute([int(r) for r in rows]).contiguous()  # block axis rows[a] -> ROI axis a
     grid = np.stack(np.meshgrid(u, u, u, indexing="ij"), axis=-1).reshape(-1, 3)
     idx = grid @ to_vol[:3, :3].T + to_vol[:3, 3]
     inside = np.all((idx >= -0.5) & (idx <= n - 0.5), axis=1)
@@ -285,7 +282,7 @@ def normalize_roi(image: torch.Tensor, mode: Normalization) -> torch.Tensor:
 
 def roi_values_to_volume(
     low_res: torch.Tensor, roi: Roi, volume: Volume
-) -> tuple[tuple[slice, slice, slice], torch.Tensor, torch.Tensor]:
+) -> tuple[tuple[slice, slice, slice], torch.Tensor, torch.Tensor | None]:
     """Interpolate values given on a grid covering the ROI at the original voxels it covers.
 
     Args:
@@ -298,7 +295,8 @@ def roi_values_to_volume(
     Returns:
         ``(box, values, inside)``: index slices of the covered block of the volume, the
         interpolated values there ``(bi, bj, bk)`` float32, and which of those voxels lie
-        inside the ROI (only those may be updated).
+        inside the ROI (only those may be updated); ``inside`` is ``None`` when every voxel of
+        ``box`` does (axis-aligned mappings, where the box is cut to the ROI exactly).
     """
     size, n_low = roi.size, low_res.shape[0]
     to_roi = roi.roi_from_volume(volume)
@@ -312,24 +310,26 @@ def roi_values_to_volume(
     low = low_res.float()
     rows = _axis_aligned(np.linalg.inv(to_roi))  # ROI axis a <- volume axis rows[a]
     if rows is not None:
-        mats, inside_axes = [], []
-        for a in range(3):
-            p = int(rows[a])
-            i = np.arange(shape[p], dtype=np.float64) + start[p]
-            u = to_roi[a, p] * i + to_roi[a, 3]
-            y = (u + 0.5) * scale - 0.5
-            mats.append((p, _interp_matrix(y, n_low, -np.inf, np.inf, n_low - 1)))
-            inside_axes.append((p, (u >= -0.5) & (u <= size - 0.5)))
-        # volume axis p reads low-res axis a: out[i_p ...] = sum_a W[i_p, y_a] low[y]
-        ordered = sorted(mats, key=lambda t: t[0])
-        source = [int(np.where(rows == p)[0][0]) for p in range(3)]
-        values = _contract(low, [m for _, m in ordered], source)
-        inside_np = np.ones(shape, dtype=bool)
-        for p, ok in inside_axes:
-            view = [1, 1, 1]
-            view[p] = -1
-            inside_np &= ok.reshape(view)
-        return box, values, torch.from_numpy(inside_np)
+        source = [int(np.where(rows == p)[0][0]) for p in range(3)]  # volume axis p <- ROI axis
+        lo, hi, mats = [], [], []
+        for p in range(3):
+            a = source[p]
+            u = to_roi[a, p] * (np.arange(shape[p], dtype=np.float64) + start[p]) + to_roi[a, 3]
+            ok = np.nonzero((u >= -0.5) & (u <= size - 0.5))[0]  # a range: u is monotonic in i
+            if len(ok) == 0:
+                nothing = (slice(0, 0), slice(0, 0), slice(0, 0))
+                return nothing, torch.zeros(0, 0, 0), None
+            lo.append(int(ok[0]))
+            hi.append(int(ok[-1]) + 1)
+            y = (u[lo[-1] : hi[-1]] + 0.5) * scale - 0.5
+            mats.append(_dense_taps(_taps(y, n_low), n_low))
+        inner = tuple(slice(box[p].start + lo[p], box[p].start + hi[p]) for p in range(3))
+        # contract so that the last (largest) product runs on contiguous rows, no big permutes
+        x = low.permute(source).contiguous()  # low-res grid in volume axis order
+        n0 = mats[0].shape[0]
+        x = (mats[0] @ x.reshape(n_low, -1)).view(n0, n_low, n_low)
+        x = torch.matmul(mats[1], x)  # (n0, n1, L)
+        return (inner[0], inner[1], inner[2]), x @ mats[2].T, None
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).reshape(
         -1, 3
     )

@@ -138,7 +138,8 @@ def run_realistic(
     tolerance_mm: float = 2.0,
 ) -> list[ClickRecord]:
     """Clicks through a :class:`Session`; Dice and NSD on the original grid."""
-    session = Session(method.model, frame=frame, prompting=method.prompting)
+    # the runner prepares each method's runtime once; the session uses the model as given
+    session = Session(method.model, frame=frame, prompting=method.prompting, runtime="torch")
     session.set_image(volume)
     records: list[ClickRecord] = []
     for step in range(n_clicks):

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -100,6 +100,11 @@ class Session:
         frame: model-frame parameters; default: the model's input size at 1.5 mm, z-normalised.
         prompting: ``"newest"`` (default, as trained) or ``"all"`` clicks of the region.
         cache_size: number of ROI embeddings kept.
+        runtime: how a :class:`~fastsam3d.Sam3D` runs (:mod:`fastsam3d.runtime.select`):
+            ``"auto"`` picks the fastest runtime that passed the accuracy checks; ``"torch"``
+            uses the model as is. Ignored for models prepared already (anything that is not a
+            ``Sam3D``): to serve many sessions, prepare once with
+            ``fastsam3d.runtime.select.prepare(model)`` and pass the result to each.
 
     Example:
         >>> session = Session(model)
@@ -112,12 +117,17 @@ class Session:
 
     def __init__(
         self,
-        model: Sam3D,
+        model: Any,
         *,
         frame: FrameSpec | None = None,
         prompting: Prompting = "newest",
         cache_size: int = 4,
+        runtime: str = "auto",
     ) -> None:
+        if isinstance(model, Sam3D) and runtime != "torch":
+            from ..runtime.select import prepare
+
+            model = prepare(model, runtime)
         self.model = model
         self.frame = frame or FrameSpec(size=model.cfg.image_size)
         if self.frame.size != model.cfg.image_size:
@@ -285,7 +295,10 @@ class Session:
         box, values, inside = roi_values_to_volume(logits[0, 0].cpu(), roi, volume)
         assert self._mask is not None
         previous_block = self._mask[box].copy()
-        self._mask[box] = np.where(inside.numpy(), values.numpy() > 0, previous_block)
+        if inside is None:  # every voxel of the box lies in the ROI
+            self._mask[box] = values.numpy() > 0
+        else:
+            self._mask[box] = np.where(inside.numpy(), values.numpy() > 0, previous_block)
         self._history.append(
             _Step(len(self._pending), self._roi, self._logits, box, previous_block)
         )

@@ -127,10 +127,9 @@ class EncoderAttention(nn.Module):
         b, h, n, c = q.shape
         side = self.window
         b_q, b_k, b_v = self._qkv_bias(q)
-        mask = q.new_empty(b, h, n, n + 1)
         if self.use_rel_pos:
             terms = self._terms(q, g, side)
-            relpos.dense_bias(terms.crop_keys(g), out=mask[..., :n])
+            real = relpos.dense_bias(terms.crop_keys(g))
             pad_lse = relpos.window_pad_logsumexp(
                 q.unflatten(2, (g, g, g)),
                 terms,
@@ -139,12 +138,11 @@ class EncoderAttention(nn.Module):
                 self.rel_pos_h,
                 self.rel_pos_w,
                 self.scale,
-            )
-            mask[..., n] = pad_lse.reshape(b, h, n)
+            ).reshape(b, h, n, 1)
         else:
-            mask[..., :n] = 0.0
-            pad_logit = self.scale * (q @ b_k[:, :, None]).squeeze(-1)
-            mask[..., n] = pad_logit + math.log(side**3 - n)
+            real = q.new_zeros(b, h, n, n)
+            pad_lse = self.scale * (q @ b_k[:, :, None]) + math.log(side**3 - n)
+        mask = torch.cat([real, pad_lse], dim=-1)  # (B, H, N, N + 1), no in-place writes
         k_ext = torch.cat([k, k.new_zeros(b, h, 1, c)], dim=2)
         v_ext = torch.cat([v, b_v[None, :, None, :].expand(b, h, 1, c)], dim=2)
         return F.scaled_dot_product_attention(q, k_ext, v_ext, attn_mask=mask)
@@ -160,7 +158,9 @@ class EncoderAttention(nn.Module):
             def bias_fn(qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
                 return relpos.gather_bias(terms, qi, ki)
 
-        return dilated_self_attention(q, k, v, self.sparse.patterns, bias_fn=bias_fn)
+        return dilated_self_attention(
+            q, k, v, self.sparse.patterns, bias_fn=bias_fn, impl=self.impl
+        )
 
     # -- window partition (eager reference; SDPA for grids holding several windows) ----------
 

@@ -94,27 +94,17 @@ def rel_pos_terms(
     )
 
 
-def dense_bias(terms: RelPosTerms, out: torch.Tensor | None = None) -> torch.Tensor:
+def dense_bias(terms: RelPosTerms) -> torch.Tensor:
     """Materialise the ``(B, H, N, N)`` bias (``N = G^3``, keys restricted to the real grid).
 
-    Args:
-        terms: terms with key extent ``G``.
-        out: optional ``(B, H, N, N)`` view to write into (e.g. the first ``N`` columns of a
-            larger mask); may be non-contiguous along the query axis.
+    Written without in-place writes so that graph exporters (ONNX) capture it faithfully.
     """
     b, n_heads, g = terms.d.shape[:3]
-    n = g**3
     # [qd, qh, qw, kd, kh, kw] <- d[qd, qh, qw, kw] + h[qd, qh, kd, kw] + w[qd, qh, kh, kw]
     d = terms.d[:, :, :, :, :, None, None, :]
     h = terms.h[:, :, :, :, None, :, None, :]
     w = terms.w[:, :, :, :, None, None, :, :]
-    if out is None:
-        out = terms.d.new_empty(b, n_heads, n, n)
-    grid = out.unflatten(-1, (g, g, g)).unflatten(2, (g, g, g))
-    grid.copy_(d)
-    grid.add_(h)
-    grid.add_(w)
-    return out
+    return ((d + h) + w).reshape(b, n_heads, g**3, g**3)
 
 
 def gather_bias(terms: RelPosTerms, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
@@ -136,6 +126,18 @@ def gather_bias(terms: RelPosTerms, q_index: torch.Tensor, k_index: torch.Tensor
     h = terms.h.reshape(b, n_heads, g * g, g * g)[:, heads, q_row, kd * g + kw]
     w = terms.w.reshape(b, n_heads, g * g, g * g)[:, heads, q_row, kh * g + kw]
     return d + h + w
+
+
+def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.logsumexp`` written out (OpenVINO mis-reads ONNX ``ReduceLogSumExp``)."""
+    top = x.amax(dim=dim, keepdim=True)
+    return (top + torch.log(torch.exp(x - top).sum(dim=dim, keepdim=True))).squeeze(dim)
+
+
+def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``log(exp(a) + exp(b))``, stable, from ops every graph exporter knows (max, exp, log)."""
+    top = torch.maximum(a, b)
+    return top + torch.log(torch.exp(a - top) + torch.exp(b - top))
 
 
 def window_pad_logsumexp(
@@ -179,18 +181,18 @@ def window_pad_logsumexp(
     if n_pad <= 0:
         raise ValueError(f"window side {side} must exceed the grid {g} to have padding")
     # h-term: real kd < G from the queries of the row, kd >= G all equal b_q . R_h[qh - kw]
-    lh_real = torch.logsumexp(terms.h, dim=4)  # (B, H, G(qd), G(qh), S(kw))
+    lh_real = _logsumexp(terms.h, dim=4)  # (B, H, G(qd), G(qh), S(kw))
     r_h = relative_table(rel_pos_h, g, side)  # (G(qh), S, c)
     lh_pad = torch.einsum("nc,ytc->nyt", q_bias, r_h)[None, :, None] + math.log(n_pad)
     # w-term: real kh < G from the queries, kh >= G equal b_q . R_w[kh - kw]
-    lw_real = torch.logsumexp(terms.w, dim=4)  # (B, H, G, G, S)
+    lw_real = _logsumexp(terms.w, dim=4)  # (B, H, G, G, S)
     r_w = relative_table(rel_pos_w, side, side)[g:]  # (S - G, S, c)
-    lw_pad = torch.logsumexp(torch.einsum("nc,utc->nut", q_bias, r_w), dim=1)[None, :, None, None]
-    lw_all = torch.logaddexp(lw_real, lw_pad)
+    lw_pad = _logsumexp(torch.einsum("nc,utc->nut", q_bias, r_w), dim=1)[None, :, None, None]
+    lw_all = _logaddexp(lw_real, lw_pad)
     # log sum over (kd, kh) not both real, for each (qd, qh, kw)
-    partial = torch.logaddexp(lh_real + lw_pad, lh_pad + lw_all)  # kw < G
-    full = torch.logaddexp(lh_real, lh_pad) + lw_all  # kw >= G: every (kd, kh) is padding
+    partial = _logaddexp(lh_real + lw_pad, lh_pad + lw_all)  # kw < G
+    full = _logaddexp(lh_real, lh_pad) + lw_all  # kw >= G: every (kd, kh) is padding
     is_real_kw = torch.arange(side, device=q.device) < g
     per_kw = torch.where(is_real_kw, partial, full)  # (B, H, G, G, S)
-    lse = torch.logsumexp(terms.d + per_kw[:, :, :, :, None, :], dim=-1)  # (B, H, G, G, G)
+    lse = _logsumexp(terms.d + per_kw[:, :, :, :, None, :], dim=-1)  # (B, H, G, G, G)
     return lse + scale * torch.einsum("bnxyzc,nc->bnxyz", q, k_bias)

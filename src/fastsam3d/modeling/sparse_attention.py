@@ -61,8 +61,12 @@ def _segment_attention(
     k_index: torch.Tensor,
     bias_fn: BiasFn | None,
     need_lse: bool,
+    impl: str = "sdpa",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention inside index groups: ``q_index (H, S, n_q)``, ``k_index (H, S, n_k)``.
+
+    ``impl="eager"`` computes ``softmax(q k^T * scale + bias) v`` explicitly (the reference and
+    the "no flash" row of the benchmark); ``"sdpa"`` makes one fused 4-D SDPA call.
 
     Returns ``out (B, H, S, n_q, c)`` and, if asked, ``lse (B, H, S, n_q)``.
     """
@@ -71,12 +75,18 @@ def _segment_attention(
     qs, ks, vs = _gather_heads(q, q_index), _gather_heads(k, k_index), _gather_heads(v, k_index)
     bias = None if bias_fn is None else bias_fn(q_index[..., :, None], k_index[..., None, :])
     flat = (b, h * n_groups)
-    out = F.scaled_dot_product_attention(
-        qs.reshape(*flat, n_q, c),
-        ks.reshape(*flat, n_k, c),
-        vs.reshape(*flat, n_k, c),
-        attn_mask=None if bias is None else bias.reshape(*flat, n_q, n_k),
-    ).view(b, h, n_groups, n_q, c)
+    if impl == "eager":
+        scores = (qs @ ks.transpose(-2, -1)) * c**-0.5
+        if bias is not None:
+            scores = scores + bias
+        out = scores.softmax(dim=-1) @ vs
+    else:
+        out = F.scaled_dot_product_attention(
+            qs.reshape(*flat, n_q, c),
+            ks.reshape(*flat, n_k, c),
+            vs.reshape(*flat, n_k, c),
+            attn_mask=None if bias is None else bias.reshape(*flat, n_q, n_k),
+        ).view(b, h, n_groups, n_q, c)
     lse = None
     if need_lse:
         scores = (qs @ ks.transpose(-2, -1)) * c**-0.5
@@ -107,6 +117,7 @@ def dilated_self_attention(
     v: torch.Tensor,
     patterns: Sequence[SparsePattern],
     bias_fn: BiasFn | None = None,
+    impl: str = "sdpa",
 ) -> torch.Tensor:
     """Sparse self-attention of ``(B, H, N, c)`` tensors; returns ``(B, H, N, c)``.
 
@@ -114,26 +125,30 @@ def dilated_self_attention(
         q, k, v: ``(B, H, N, c)``; scale ``c ** -0.5``.
         patterns: one or more :class:`~fastsam3d.config.SparsePattern`.
         bias_fn: optional additive bias for index pairs (e.g. relative position).
+        impl: ``"sdpa"`` (fused kernel) or ``"eager"`` (explicit softmax).
     """
     b, h, n, c = q.shape
-    if len(patterns) == 1 and patterns[0].dilation == 1 and patterns[0].segment_length == n:
+    if (
+        impl == "sdpa"
+        and len(patterns) == 1
+        and patterns[0].dilation == 1
+        and patterns[0].segment_length == n
+    ):
         full = torch.arange(n, device=q.device)
         mask = None if bias_fn is None else bias_fn(full[None, :, None], full[None, None, :])
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     need_lse = len(patterns) > 1
     outputs: list[torch.Tensor] = []
     lses: list[torch.Tensor] = []
-    heads = torch.arange(h, device=q.device)[:, None, None]
+    batch = torch.arange(b, device=q.device)[:, None, None, None]
+    heads = torch.arange(h, device=q.device)[None, :, None, None]
     for pattern in patterns:
         index = sparse_positions(n, pattern, h, q.device)  # (H, S, g)
-        out, lse = _segment_attention(q, k, v, index, index, bias_fn, need_lse)
-        full_out = q.new_zeros(b, h, n, c)
-        full_out[:, heads, index] = out
-        outputs.append(full_out)
+        out, lse = _segment_attention(q, k, v, index, index, bias_fn, need_lse, impl)
+        where = (batch, heads, index[None])  # scatter back (functional: exporters keep it)
+        outputs.append(q.new_zeros(b, h, n, c).index_put(where, out))
         if lse is not None:
-            full_lse = q.new_full((b, h, n), float("-inf"))
-            full_lse[:, heads, index] = lse
-            lses.append(full_lse)
+            lses.append(q.new_full((b, h, n), float("-inf")).index_put(where, lse))
     return outputs[0] if not need_lse else _mix(outputs, lses)
 
 
