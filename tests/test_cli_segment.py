@@ -93,22 +93,15 @@ def test_world_points_and_prompt_file(tiny_ckpt, tmp_path) -> None:
     volume = read_volume(image)
     world = volume.index_to_world(np.array([[82.0, 58.0, 99.0]]), "lps")[0]
     by_index, by_world, by_file = (tmp_path / f"{n}.nii.gz" for n in ("i", "w", "f"))
-    assert _segment(image, by_index, tiny_ckpt, "--point", "82,58,99") == 0
+    exact = ("--runtime", "torch")  # a bit-for-bit comparison: the fp32 reference runtime
+    assert _segment(image, by_index, tiny_ckpt, "--point", "82,58,99", *exact) == 0
+    world_text = ",".join(repr(float(v)) for v in world)  # full precision: the same voxel
     assert (
-        _segment(
-            image,
-            by_world,
-            tiny_ckpt,
-            "--world",
-            "lps",
-            "--point",
-            ",".join(f"{v:.6f}" for v in world),
-        )
-        == 0
+        _segment(image, by_world, tiny_ckpt, "--world", "lps", "--point", world_text, *exact) == 0
     )
     prompt = tmp_path / "clicks.json"
     prompt.write_text(json.dumps({"world": None, "clicks": [{"point": [82, 58, 99]}]}))
-    assert _segment(image, by_file, tiny_ckpt, "--prompts", str(prompt)) == 0
+    assert _segment(image, by_file, tiny_ckpt, "--prompts", str(prompt), *exact) == 0
     a, b, c = (read_volume(p).array for p in (by_index, by_world, by_file))
     assert a.any()
     assert np.array_equal(a, b)

@@ -120,12 +120,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
 
         names = [n.strip() for n in args.models.split(",") if n.strip()]
+        device, dtype = _resolve_device(args.device), args.dtype
+        if device != "cpu":
+            runtimes = ["torch"]  # the exported runtimes run on the CPU
         if names == ["sam-med3d", "fastsam3d"] and not args.no_table4:
-            candidates = default_candidates(args.reference, runtimes)
+            candidates = default_candidates(args.reference, runtimes, device, dtype)
         else:
-            candidates = [Candidate(n, "sdpa", r) for n in names for r in runtimes]
+            candidates = [
+                Candidate(n, "sdpa", r, False, device, dtype) for n in names for r in runtimes
+            ]
             if args.reference:
-                candidates += [Candidate(n, "eager") for n in names]
+                candidates += [Candidate(n, "eager", "torch", False, device, dtype) for n in names]
         report = benchmark_encoders(
             candidates,
             rounds=args.rounds,
@@ -559,6 +564,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy check")
     p.add_argument(
         "--memory", action="store_true", help="peak memory per candidate (fresh processes)"
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("auto", "cpu", "cuda"),
+        help="cuda: the torch runtime on the GPU (flash / memory-efficient SDPA)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="parameter dtype of the torch runtime (float16 needs CUDA)",
     )
     p.add_argument("--plot", help="write a latency plot (PNG) here")
     p.add_argument("--json", help="write the full report here")

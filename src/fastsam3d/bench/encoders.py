@@ -44,6 +44,8 @@ class Candidate:
     attn_impl: AttentionImpl = "sdpa"
     runtime: str = "torch"
     sparse: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
 
     @property
     def label(self) -> str:
@@ -52,11 +54,16 @@ class Candidate:
             + (["sparse"] if self.sparse else [])
             + ([] if self.runtime == "torch" else [self.runtime])
         )
+        parts += [p for p in (self.device, self.dtype) if p not in ("cpu", "float32")]
         return f"{self.model} ({', '.join(parts)})"
 
     def torch_model(self) -> Any:
         return load_model(
-            self.model, attn_impl=self.attn_impl, sparse=SPARSE if self.sparse else "keep"
+            self.model,
+            attn_impl=self.attn_impl,
+            sparse=SPARSE if self.sparse else "keep",
+            device=self.device,
+            dtype=getattr(torch, self.dtype),
         )
 
     def load(self, threads: int | None = None) -> Any:
@@ -185,9 +192,10 @@ def _benchmark(
     accuracy: bool,
 ) -> dict[str, Any]:
     models = {c.label: c.load(threads) for c in candidates}
+    devices = {c.label: torch.device(c.device) for c in candidates}
     gen = torch.Generator().manual_seed(0)
     images = {
-        label: torch.randn(1, 1, *(m.cfg.image_size,) * 3, generator=gen)
+        label: torch.randn(1, 1, *(m.cfg.image_size,) * 3, generator=gen).to(devices[label])
         for label, m in models.items()
     }
     calls: dict[str, Callable[[], object]] = {}
@@ -198,8 +206,8 @@ def _benchmark(
             with torch.inference_mode():
                 embedding = model.encode(image)
             size, low = model.cfg.image_size, model.cfg.low_res_size
-            point = torch.tensor([[[size / 2, size / 2 - 3, size / 2 + 2]]])
-            prev = torch.randn(1, 1, low, low, low, generator=gen)
+            point = torch.tensor([[[size / 2, size / 2 - 3, size / 2 + 2]]]).to(devices[label])
+            prev = torch.randn(1, 1, low, low, low, generator=gen).to(devices[label])
             calls[f"{label}|decoder"] = _decoder_call(model, embedding, point, prev, None)
             calls[f"{label}|decoder+upsample"] = _decoder_call(model, embedding, point, prev, size)
     stats: dict[str, TimingStats] = round_robin(calls, rounds, warmup, progress=progress)
@@ -251,10 +259,17 @@ def _benchmark(
     }
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _encoder_call(model: Any, image: torch.Tensor) -> Callable[[], object]:
     def run() -> object:
         with torch.inference_mode():
-            return model.encode(image)
+            out = model.encode(image)
+        _sync(image.device)  # CUDA runs asynchronously: time the finished work
+        return out
 
     return run
 
@@ -266,19 +281,16 @@ def _decoder_call(
     prev: torch.Tensor,
     upsample: int | None,
 ) -> Callable[[], object]:
-    labels = torch.tensor([[1]])
+    labels = torch.tensor([[1]], device=point.device)
 
     def run() -> object:
         with torch.inference_mode():
-            logits, _ = model.decode(embedding, point, labels, mask_logits=prev)
+            out, _ = model.decode(embedding, point, labels, mask_logits=prev)
             if upsample is not None:
-                return (
-                    F.interpolate(
-                        logits, size=(upsample,) * 3, mode="trilinear", align_corners=False
-                    )
-                    > 0
-                )
-            return logits
+                size = (upsample,) * 3
+                out = F.interpolate(out, size=size, mode="trilinear", align_corners=False) > 0
+        _sync(point.device)
+        return out
 
     return run
 
@@ -291,7 +303,7 @@ def _accuracy_reference(
     out: dict[tuple[str, str, bool], dict[str, torch.Tensor]] = {}
     for c in candidates:
         key = (c.model, c.attn_impl, c.sparse)
-        if key in out or get_spec(c.model).config.image_size != 128:
+        if key in out or get_spec(c.model).config.image_size != 128 or c.device != "cpu":
             continue
         model = Candidate(c.model, c.attn_impl, "torch", c.sparse).torch_model()
         with torch.inference_mode():
@@ -335,9 +347,14 @@ def peak_memory_mb(candidate: Candidate, threads: int = 2) -> float:
         "m = c.load()\n"
         "s = m.cfg.image_size\n"
         "with torch.inference_mode():\n"
-        "    e = m.encode(torch.randn(1, 1, s, s, s))\n"
-        "    m.decode(e, torch.full((1, 1, 3), s / 2), torch.ones(1, 1, dtype=torch.long),"
-        " torch.zeros(1, 1, m.cfg.low_res_size, m.cfg.low_res_size, m.cfg.low_res_size))\n"
+        "    d, low = torch.device(c.device), m.cfg.low_res_size\n"
+        "    e = m.encode(torch.randn(1, 1, s, s, s, device=d))\n"
+        "    m.decode(e, torch.full((1, 1, 3), s / 2, device=d),"
+        " torch.ones(1, 1, dtype=torch.long, device=d),"
+        " torch.zeros(1, 1, low, low, low, device=d))\n"
+        "if c.device.startswith('cuda'):\n"
+        "    print(torch.cuda.max_memory_allocated() / 2**20)\n"
+        "    sys.exit()\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
         "print(int(hwm[0].split()[1]) / 1024 if hwm else"
         " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
@@ -413,15 +430,23 @@ def plot_latency(report: dict[str, Any], path: str) -> str:
     return path
 
 
-def default_candidates(reference: bool, runtimes: Sequence[str]) -> list[Candidate]:
+def default_candidates(
+    reference: bool, runtimes: Sequence[str], device: str = "cpu", dtype: str = "float32"
+) -> list[Candidate]:
     """Table 3 (models x runtimes) and Table 4 (student attention variants)."""
-    out = [Candidate(m, "sdpa", r) for m in ("sam-med3d", "fastsam3d") for r in runtimes]
+    if device != "cpu":
+        runtimes = ["torch"]  # the exported runtimes run on the CPU
+    out = [
+        Candidate(m, "sdpa", r, False, device, dtype)
+        for m in ("sam-med3d", "fastsam3d")
+        for r in runtimes
+    ]
     out += [
-        Candidate("fastsam3d", impl, "torch", sparse)
+        Candidate("fastsam3d", impl, "torch", sparse, device, dtype)
         for impl in ("eager", "sdpa")
         for sparse in (False, True)
         if not (impl == "sdpa" and not sparse)
     ]
     if reference:
-        out.append(Candidate("sam-med3d", "eager"))
+        out.append(Candidate("sam-med3d", "eager", "torch", False, device, dtype))
     return out

@@ -146,8 +146,10 @@ def roi_around(
     # in upstream's resampling (which keeps the volume's origin), and round trips are exact
     to_vol = np.linalg.inv(volume.affine) @ affine
     if _axis_aligned(to_vol) is not None:
-        shift = np.round(to_vol[:3, 3]) - to_vol[:3, 3]
-        affine[:3, 3] += volume.affine[:3, :3] @ shift
+        # the origin becomes exactly the world position of a voxel index: equal clicks given as
+        # indices or as world coordinates then yield bit-identical regions
+        origin_index = np.round(to_vol[:3, 3])
+        affine[:3, 3] = volume.affine[:3, :3] @ origin_index + volume.affine[:3, 3]
     return Roi(affine, spec.size)
 
 
