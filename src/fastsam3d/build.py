@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -79,7 +80,9 @@ def load_model(
     sparse: SparseAttentionConfig | Literal["keep"] | None = "keep",
     seed: int = 0,
 ) -> Sam3D:
-    """A model in eval mode: random init when ``checkpoint`` is None, else its weights.
+    """A model in eval mode with ``checkpoint``'s weights; without a checkpoint, the weights
+    bundled with the entry (``fastsam3d-lite``) or, for entries without any, a random
+    initialisation (:func:`build_model` always initialises randomly).
 
     Args:
         name: registry name (see :func:`fastsam3d.list_models`) or a :class:`ModelConfig`.
@@ -101,6 +104,8 @@ def load_model(
         >>> model = load_model("fastsam3d", "fastsam3d.pth")  # doctest: +SKIP
         >>> emb = model.encode(image)                          # (1, 384, 8, 8, 8)
     """
+    if checkpoint is None and isinstance(name, str) and get_spec(name).weights is not None:
+        checkpoint = _verified_bundled_weights(name)
     if checkpoint is None:
         if name is None:
             raise ValueError("load_model needs a model name when no checkpoint is given")
@@ -126,6 +131,26 @@ def load_model(
     check_state_dict(net, state, _label(name) if name is not None else report.model_name or "")
     net.load_state_dict(state, strict=True)
     return net.to(device=device, dtype=dtype).eval()
+
+
+def _verified_bundled_weights(name: str) -> Path:
+    """The bundled weights of ``name``, after checking that they are intact."""
+    import hashlib
+
+    spec = get_spec(name)
+    path = spec.bundled_weights()
+    assert path is not None
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: the weights bundled with {name!r} are missing; reinstall fastsam3d"
+        )
+    if spec.weights_sha256 is not None:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != spec.weights_sha256:
+            raise CheckpointError(
+                f"{path}: checksum {digest} differs from {spec.weights_sha256}; reinstall fastsam3d"
+            )
+    return path
 
 
 def _label(name: str | ModelConfig) -> str:

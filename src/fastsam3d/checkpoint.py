@@ -25,7 +25,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
+from .files import temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -296,10 +296,7 @@ def save_native(
         "model_name": model_name or "",
         "model_config": json.dumps(config.to_dict()),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_beside(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file

@@ -298,8 +298,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     volume = read_volume(args.image, channel=args.channel)
     stage("load image", 1e3 * (time.perf_counter() - t), volume.describe())
     t = time.perf_counter()
+    from .registry import get_spec
     from .runtime.select import prepare, resolve
 
+    if args.checkpoint is None and get_spec(args.model).weights is None:
+        raise ValueError(
+            f"model {args.model!r} has no bundled weights: pass --checkpoint (published "
+            "SAM-Med3D / FastSAM3D weights), or use --model fastsam3d-lite"
+        )
     model = load_model(args.model, args.checkpoint, device=device)
     runtime = resolve(args.runtime, model)
     runner = prepare(model, runtime, threads=args.threads)
@@ -486,15 +492,113 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- demo ---------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from . import samples
+    from .build import load_model
+    from .data.align import labels_on_grid
+    from .data.io import read_volume, write_label_map
+    from .eval.clicks import CenterClicker
+    from .eval.metrics import dice
+    from .interactive.session import Session
+    from .registry import get_spec
+    from .runtime.select import prepare, resolve
+    from .viewer.render import render_overlay
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    sample = samples.sample(args.sample)
+    names = [n.strip() for n in args.structures.split(",") if n.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    volume = read_volume(sample.image)
+    labels = labels_on_grid(read_volume(sample.labels), volume)
+    t1 = time.perf_counter()
+    model = load_model(args.model, args.checkpoint)
+    runtime = resolve(args.runtime, model)
+    runner = prepare(model, runtime, threads=args.threads)
+    t2 = time.perf_counter()
+    print(f"scan    {sample.image.name}: {volume.describe()} (read in {1e3 * (t1 - t0):.0f} ms)")
+    if args.checkpoint is None:
+        trained_on = get_spec(args.model).trained_on
+        if trained_on:
+            seen = args.sample in trained_on
+            print(
+                f"        {'used for' if seen else 'held out from'} training the bundled weights "
+                f"(trained on: {', '.join(trained_on)})"
+            )
+    if args.checkpoint is not None:
+        weights = ""
+    elif get_spec(args.model).weights is not None:
+        weights = " (bundled weights)"
+    else:
+        weights = " (RANDOM weights: this entry ships none; pass --checkpoint)"
+    print(f"model   {args.model}{weights}, runtime {runtime} (ready in {1e3 * (t2 - t1):.0f} ms)")
+    print(
+        "clicks are placed by a simulated user at the centre of the largest error, using "
+        "TotalSegmentator's labels (its predictions, not manual ground truth)"
+    )
+    combined = np.zeros(volume.shape, np.uint8)
+    session = Session(runner, runtime="torch")
+    session.set_image(volume)
+    rng = np.random.default_rng(0)
+    for value, name in enumerate(names, start=1):
+        truth = labels == samples.label_value(sample.label_set, name)
+        if not truth.any():
+            raise ValueError(f"structure {name!r} is not labelled in sample {args.sample!r}")
+        session.reset()
+        clicks = []
+        for step in range(args.clicks):
+            click = CenterClicker().next_click(session.mask, truth, rng, volume.spacing, step)
+            if click is None:
+                break
+            result = session.add_click(click.index, click.positive)
+            assert result is not None
+            clicks.append((click.index, click.positive))
+            t = result.timings_ms
+            extra = f", encode {t['encode']:.0f} ms" if t["encode"] else ""
+            print(
+                f"{name:<12} click {step + 1} {'+' if click.positive else '-'} at {click.index}: "
+                f"Dice {dice(session.mask, truth):.3f}  ({t['total']:.0f} ms{extra})"
+            )
+        mask = session.mask.copy()
+        combined[mask & (combined == 0)] = value
+        write_label_map(mask, volume, out / f"{name}.nii.gz")
+        render_overlay(
+            volume,
+            mask,
+            out / f"{name}.png",
+            clicks=clicks,
+            title=f"{name}: {len(clicks)} clicks, Dice {dice(mask, truth):.3f} vs TotalSegmentator",
+        )
+    write_label_map(combined, volume, out / "labels.nii.gz")
+    print(
+        f"wrote {out}/labels.nii.gz (values 1..{len(names)}: {', '.join(names)}), "
+        f"{', '.join(f'{n}.nii.gz' for n in names)} and overlays "
+        f"{', '.join(f'{n}.png' for n in names)}"
+    )
+    return 0
+
+
 def _write_json_atomic(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    from .files import temp_beside
+
+    tmp = temp_beside(path)
     try:
-        with os.fdopen(fd, "w") as f:
+        with tmp.open("w") as f:
             json.dump(data, f, indent=2)
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def _default_fixtures() -> str:
@@ -602,8 +706,14 @@ def build_parser() -> argparse.ArgumentParser:
         "millimetres with --world.",
     )
     p.add_argument("image", help="image file or DICOM folder")
-    p.add_argument("--checkpoint", required=True, nargs="+", help="checkpoint file(s)")
-    p.add_argument("--model", default="fastsam3d", help="registry name (default fastsam3d)")
+    p.add_argument(
+        "--checkpoint", nargs="+", help="checkpoint file(s); default: the model's bundled weights"
+    )
+    p.add_argument(
+        "--model",
+        default="fastsam3d-lite",
+        help="registry name (default fastsam3d-lite, whose weights are bundled)",
+    )
     p.add_argument(
         "--point",
         dest="clicks",
@@ -703,6 +813,26 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--steps", type=int, help="override [run] steps")
         p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "demo",
+        help="segment structures of a bundled scan with the bundled model; writes masks + PNGs",
+    )
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument(
+        "--sample",
+        default="ct_dicom",
+        help="bundled sample: ct_dicom (default; held out from training), ct, ct_sm, mr",
+    )
+    p.add_argument(
+        "--structures", default="liver,spleen,stomach", help="TotalSegmentator structure names"
+    )
+    p.add_argument("--clicks", type=int, default=3, help="clicks per structure")
+    p.add_argument("--model", default="fastsam3d-lite")
+    p.add_argument("--checkpoint", nargs="+", help="weights (default: the bundled ones)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("samples", help="the bundled sample scans: list, verify, fetch")
     p.add_argument("action", choices=("list", "verify", "fetch"))

@@ -157,10 +157,23 @@ class EncoderConfig:
 
 @dataclass(frozen=True, slots=True)
 class PromptEncoderConfig:
-    """3D prompt encoder: random-Fourier point encoding and a mask-downscaling CNN."""
+    """3D prompt encoder: random-Fourier point encoding and a mask-downscaling CNN.
+
+    ``swap_pe_axes``: encode the image grid with axes 0 and 1 swapped relative to the points, as
+    upstream does (its released weights depend on it). Models trained here set it to False, so a
+    point and the grid cell it lies in get the same encoding.
+
+    ``click_maps``: also embed the clicks densely. Gaussian maps of the positive and of the
+    negative clicks on the ``4G``-cube mask grid (``click_map_sigma`` in its cells) are stacked
+    with the previous logits as a 3-channel input of the mask-downscaling CNN, so every image
+    token knows how far it is from each click. Off for upstream's models (1 channel).
+    """
 
     embed_dim: int = 384
     mask_in_chans: int = 16
+    swap_pe_axes: bool = True
+    click_maps: bool = False
+    click_map_sigma: float = 1.0
 
     def __post_init__(self) -> None:
         if self.embed_dim % 3:
@@ -170,6 +183,8 @@ class PromptEncoderConfig:
             )
         if self.mask_in_chans % 4:
             raise ValueError(f"mask_in_chans must be divisible by 4, got {self.mask_in_chans}")
+        if self.click_map_sigma <= 0:
+            raise ValueError(f"click_map_sigma must be positive, got {self.click_map_sigma}")
 
 
 @dataclass(frozen=True, slots=True)

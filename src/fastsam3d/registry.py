@@ -10,6 +10,7 @@ There are no URLs and no downloads: users pass the path of a checkpoint they own
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import DecoderConfig, EncoderConfig, ModelConfig, PromptEncoderConfig
 
@@ -23,12 +24,23 @@ class ModelSpec:
         config: the architecture.
         description: one line for ``fastsam3d models``.
         fits: upstream checkpoint files this entry loads (informative).
+        weights: file name of weights bundled in ``fastsam3d/weights`` (``None``: bring your own).
+        weights_sha256: their checksum, verified when they are loaded.
+        trained_on: bundled samples (:mod:`fastsam3d.samples`) the bundled weights were trained on;
+            the others are held out.
     """
 
     name: str
     config: ModelConfig
     description: str
     fits: tuple[str, ...] = ()
+    weights: str | None = None
+    weights_sha256: str | None = None
+    trained_on: tuple[str, ...] = ()
+
+    def bundled_weights(self) -> Path | None:
+        """Path of the bundled weights (``None`` when the entry has none)."""
+        return None if self.weights is None else WEIGHTS_DIR / self.weights
 
 
 _TEACHER = EncoderConfig()  # SAM-Med3D vit_b_ori: 12 blocks, 768 wide, 14^3 windows, prenorm
@@ -39,6 +51,26 @@ _STUDENT = EncoderConfig(
     global_attn_indexes=(),
     attn_free_blocks=2,
     block_formula="fastsam3d",
+)
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+"""Folder of the weights shipped inside the package."""
+
+_LITE_PROMPT = PromptEncoderConfig(
+    embed_dim=96, mask_in_chans=16, swap_pe_axes=False, click_maps=True
+)
+_LITE_DECODER = DecoderConfig(transformer_dim=96, num_heads=4, mlp_dim=512, iou_head_hidden_dim=128)
+_LITE_TEACHER = EncoderConfig(
+    embed_dim=256, depth=12, num_heads=8, window_size=0, global_attn_indexes=(), out_chans=96
+)
+_LITE_STUDENT = EncoderConfig(
+    embed_dim=192,
+    depth=6,
+    num_heads=6,
+    window_size=0,
+    global_attn_indexes=(),
+    attn_free_blocks=2,
+    block_formula="fastsam3d",
+    out_chans=96,
 )
 _TINY_PROMPT = PromptEncoderConfig(embed_dim=48, mask_in_chans=8)
 _TINY_DECODER = DecoderConfig(transformer_dim=48, num_heads=4, mlp_dim=96, iou_head_hidden_dim=32)
@@ -63,6 +95,16 @@ MODELS: dict[str, ModelSpec] = {
             ModelConfig(encoder=_STUDENT),
             "FastSAM3D 6-layer student (blocks 0-1 MLP-only, 2-5 global attention, 6 heads)",
             ("fastsam3d.pth / FastSAM3D.pth", "6layers6heads_student (encoder only)"),
+        ),
+        ModelSpec(
+            "fastsam3d-lite-teacher",
+            ModelConfig(encoder=_LITE_TEACHER, prompt=_LITE_PROMPT, decoder=_LITE_DECODER),
+            "Our open teacher: 12 global blocks, width 256 (trained here, see MODEL_CARD.md)",
+        ),
+        ModelSpec(
+            "fastsam3d-lite",
+            ModelConfig(encoder=_LITE_STUDENT, prompt=_LITE_PROMPT, decoder=_LITE_DECODER),
+            "Our open default: 6 blocks (2 MLP-only), width 192, distilled here; weights bundled",
         ),
         ModelSpec(
             "test-tiny",

@@ -10,13 +10,18 @@ import numpy as np
 import pytest
 
 from fastsam3d.data.io import read_volume
+from fastsam3d.data.volume import VolumeError
 from fastsam3d.eval.datasets import DatasetError, load_cases
 from fastsam3d.eval.runner import load_targets
 
 
-def _save(path: Path, data: np.ndarray) -> Path:
+def _save(
+    path: Path, data: np.ndarray, origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    affine = np.eye(4)
+    affine[:3, 3] = origin
+    nib.save(nib.Nifti1Image(data, affine), str(path))
     return path
 
 
@@ -165,13 +170,28 @@ def test_layout_errors(tmp_path: Path) -> None:
         load_cases(tmp_path / "m.json", "manifest")
 
 
-def test_labels_on_another_grid_are_refused(tmp_path: Path) -> None:
-    _save(tmp_path / "img.nii.gz", np.zeros((8, 8, 8), np.float32))
-    _save(tmp_path / "lab.nii.gz", np.zeros((8, 8, 9), np.uint8))
-    (tmp_path / "m.json").write_text(json.dumps([{"image": "img.nii.gz", "label": "lab.nii.gz"}]))
-    (case,) = load_cases(tmp_path / "m.json", "manifest")
-    with pytest.raises(DatasetError, match="not on the grid"):
-        load_targets(case, read_volume(case.image))
+def test_labels_are_moved_onto_the_image_grid(tmp_path: Path) -> None:
+    image = np.zeros((8, 8, 8), np.float32)
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[1:3, 2:4, 5:7] = 1
+    _save(tmp_path / "img.nii.gz", image)
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flipped[0, 3] = 7.0  # the same voxel centres, i reversed
+    nib.save(nib.Nifti1Image(labels[::-1].copy(), flipped), tmp_path / "lab.nii.gz")
+    _save(tmp_path / "far.nii.gz", np.ones((8, 8, 9), np.uint8), origin=(500.0, 0.0, 0.0))
+    (tmp_path / "m.json").write_text(
+        json.dumps(
+            [
+                {"image": "img.nii.gz", "label": "lab.nii.gz"},
+                {"image": "img.nii.gz", "label": "far.nii.gz"},
+            ]
+        )
+    )
+    good, far = load_cases(tmp_path / "m.json", "manifest")
+    ((_, mask),) = load_targets(good, read_volume(good.image))
+    np.testing.assert_array_equal(mask, labels == 1)
+    with pytest.raises(VolumeError, match="no labelled voxel falls on the image grid"):
+        load_targets(far, read_volume(far.image))
 
 
 def test_bundled_samples_layout() -> None:

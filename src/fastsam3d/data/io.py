@@ -13,13 +13,13 @@ target in one step, so a failure never leaves a half-written or clobbered file. 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..files import temp_beside
 from .volume import RAS_FROM_LPS, Volume, VolumeError, VolumeSource, check_voxels
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -373,11 +373,7 @@ def _label_dtype(labels: np.ndarray) -> np.ndarray:
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     suffix = _suffix(path)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent or "."
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_beside(path, suffix=f".tmp{suffix}")
     try:
         write(tmp)
         os.replace(tmp, path)

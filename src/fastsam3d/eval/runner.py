@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.align import labels_on_grid
 from ..data.frame import FrameSpec
 from ..data.io import read_volume
 from ..data.volume import Volume
+from ..files import temp_beside
 from .clicks import make_simulator
-from .datasets import Case, DatasetError, Structure
+from .datasets import Case, Structure
 from .protocols import ClickRecord, Method, Protocol, run_paper, run_realistic
 
 log = logging.getLogger(__name__)
@@ -116,9 +118,12 @@ def _write_csv_atomic(
     writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    tmp = temp_beside(path)
+    try:
+        tmp.write_text(buffer.getvalue())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fmt(value: float) -> str:
@@ -126,31 +131,25 @@ def _fmt(value: float) -> str:
 
 
 def load_targets(case: Case, volume: Volume) -> list[tuple[Structure, np.ndarray]]:
-    """Boolean masks of a case's structures on the image grid (label files read once)."""
-    cache: dict[Path, Volume] = {}
+    """Boolean masks of a case's structures on the image grid (label files read once and moved
+    onto the image grid when stored differently, see :func:`~fastsam3d.data.align.labels_on_grid`).
+    """
+    cache: dict[Path, np.ndarray] = {}
 
-    def labels_at(path: Path) -> Volume:
+    def labels_at(path: Path) -> np.ndarray:
         if path not in cache:
-            labels = read_volume(path)
-            if labels.shape != volume.shape or not np.allclose(
-                labels.affine, volume.affine, atol=1e-3
-            ):
-                raise DatasetError(
-                    f"{path}: labels {labels.shape} are not on the grid of {case.image} "
-                    f"{volume.shape} (shape or affine differ)"
-                )
-            cache[path] = labels
+            cache[path] = labels_on_grid(read_volume(path), volume)
         return cache[path]
 
     structures = list(case.structures)
     if not structures and case.label_map is not None:
-        values = np.unique(labels_at(case.label_map).array)
+        values = np.unique(labels_at(case.label_map))
         structures = [
             Structure(f"label_{int(v)}", case.label_map, int(v)) for v in values if v != 0
         ]
     targets = []
     for s in structures:
-        arr = labels_at(s.path).array
+        arr = labels_at(s.path)
         targets.append((s, arr != 0 if s.value is None else arr == s.value))
     return targets
 

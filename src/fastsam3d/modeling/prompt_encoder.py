@@ -12,6 +12,9 @@ Two upstream facts reproduced here (UPSTREAM.md section 0.4):
   with this, so it stays.
 - The encoding of ``c in [0, 1]^3`` is ``[sin, cos, sin](2 pi (2c - 1) @ G_mat)`` (the third block
   repeats ``sin``), with ``G_mat`` a ``(3, D/3)`` persistent buffer that must be loaded.
+
+Models trained here (``PromptEncoderConfig(swap_pe_axes=False)``) encode grid cells and points
+the same way.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ class PositionEmbeddingRandom3D(nn.Module):
 
     positional_encoding_gaussian_matrix: torch.Tensor
 
-    def __init__(self, num_pos_feats: int) -> None:
+    def __init__(self, num_pos_feats: int, swap_axes: bool = True) -> None:
         super().__init__()
+        self.swap_axes = swap_axes
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(3, num_pos_feats))
 
     def encode(self, coords: torch.Tensor) -> torch.Tensor:
@@ -47,7 +51,8 @@ class PositionEmbeddingRandom3D(nn.Module):
         device = self.positional_encoding_gaussian_matrix.device
         centres = (torch.arange(grid, device=device, dtype=torch.float32) + 0.5) / grid
         a0, a1, a2 = torch.meshgrid(centres, centres, centres, indexing="ij")
-        coords = torch.stack([a1, a0, a2], dim=-1)  # upstream's axis-0/1 swap
+        # upstream's axis-0/1 swap (kept for its weights; off for models trained here)
+        coords = torch.stack([a1, a0, a2] if self.swap_axes else [a0, a1, a2], dim=-1)
         return self.encode(coords).permute(3, 0, 1, 2)
 
 
@@ -66,12 +71,14 @@ class PromptEncoder3D(nn.Module):
         self.embed_dim = dim
         self.grid = grid
         self.image_size = image_size
-        self.pe_layer = PositionEmbeddingRandom3D(dim // 3)
+        self.pe_layer = PositionEmbeddingRandom3D(dim // 3, swap_axes=cfg.swap_pe_axes)
+        self.click_maps = cfg.click_maps
+        self.click_map_sigma = cfg.click_map_sigma
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, dim) for _ in range(2))
         self.not_a_point_embed = nn.Embedding(1, dim)
         mid = cfg.mask_in_chans // 4
         self.mask_downscaling = nn.Sequential(
-            nn.Conv3d(1, mid, kernel_size=2, stride=2),
+            nn.Conv3d(3 if cfg.click_maps else 1, mid, kernel_size=2, stride=2),
             LayerNorm3d(mid),
             nn.GELU(),
             nn.Conv3d(mid, cfg.mask_in_chans, kernel_size=2, stride=2),
@@ -113,11 +120,47 @@ class PromptEncoder3D(nn.Module):
         pe = pe + (labels == 0) * negative + (labels == 1) * positive
         return pe
 
-    def embed_mask(self, mask_logits: torch.Tensor | None, batch: int) -> torch.Tensor:
+    def render_clicks(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Gaussian click maps ``(B, 2, 4G, 4G, 4G)`` float32: positive, negative.
+
+        Each map is the maximum over its clicks of ``exp(-d^2 / (2 sigma^2))``, ``d`` the distance
+        in mask-grid cells from the cell centre to the click (a voxel index of the model input;
+        cell ``c`` covers voxels ``[c s, (c + 1) s)``, ``s = S / 4G``). Padding (-1) is ignored.
+        """
+        size = self.mask_size
+        stride = self.image_size / size
+        centres = (torch.arange(size, device=points.device, dtype=torch.float32) + 0.5) * stride
+        # (B, N, 3, L): per-axis squared distance in cells
+        d2 = ((points.float()[..., None] + 0.5 - centres) / stride).square()
+        g = torch.exp(-d2 / (2.0 * self.click_map_sigma**2))
+        maps = g[:, :, 0, :, None, None] * g[:, :, 1, None, :, None] * g[:, :, 2, None, None, :]
+        out = []
+        for value in (1, 0):
+            chosen = (labels == value).float()[:, :, None, None, None]
+            out.append((maps * chosen).amax(dim=1))
+        return torch.stack(out, dim=1)
+
+    def embed_mask(
+        self,
+        mask_logits: torch.Tensor | None,
+        batch: int,
+        points: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Dense embedding ``(B, D, G, G, G)`` of previous logits ``(B, 1, 4G, 4G, 4G)``.
 
         ``None`` gives the learned no-mask embedding, broadcast (upstream's ``masks=None``).
+        With ``click_maps``, the click maps of ``points``/``labels`` are stacked with the
+        logits (``None``: zeros) instead.
         """
+        if self.click_maps:
+            if points is None or labels is None:
+                raise ValueError("this prompt encoder embeds click maps: pass points and labels")
+            maps = self.render_clicks(points, labels)
+            if mask_logits is None:
+                mask_logits = maps.new_zeros(batch, 1, *maps.shape[2:])
+            dense_in = torch.cat([mask_logits.to(maps.dtype), maps], dim=1)
+            return self.mask_downscaling(dense_in.to(self.no_mask_embed.weight.dtype))
         if mask_logits is None:
             g = self.grid
             weight = self.no_mask_embed.weight
@@ -130,4 +173,4 @@ class PromptEncoder3D(nn.Module):
         """``(sparse (B, N + 1, D), dense (B, D, G, G, G))`` in the module's dtype."""
         dtype = self.no_mask_embed.weight.dtype
         sparse = self.embed_points(points, labels).to(dtype)
-        return sparse, self.embed_mask(mask_logits, points.shape[0])
+        return sparse, self.embed_mask(mask_logits, points.shape[0], points, labels)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 from typing import Any
 
 from ..modeling.sam3d import Sam3D
@@ -72,12 +73,18 @@ def resolve(runtime: str, model: Sam3D) -> str:
     return "onednn" if available("onednn") else "torch"
 
 
-def prepare(model: Sam3D, runtime: str = "auto", threads: int | None = None) -> Any:
-    """A model-like object (``cfg``, ``encode``, ``decode``) running on ``runtime``."""
+def prepare(
+    model: Sam3D, runtime: str = "auto", threads: int | None = None, cache_dir: Path | None = None
+) -> Any:
+    """A model-like object (``cfg``, ``encode``, ``decode``) running on ``runtime``.
+
+    ``cache_dir``: where exported graphs are kept (ONNX Runtime / OpenVINO; default
+    :func:`~fastsam3d.runtime.exported.default_cache_dir`).
+    """
     chosen = resolve(runtime, model)
     log.info("runtime: %s", chosen)
     if chosen == "torch":
         return model
     if chosen == "onednn":
         return onednn.optimize_for_cpu(model)
-    return ExportedModel(model, chosen, threads=threads)
+    return ExportedModel(model, chosen, threads=threads, cache_dir=cache_dir)

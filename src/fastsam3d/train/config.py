@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,12 @@ class DataConfig:
     jitter_mm: float = 20.0
     """Region centre = structure centre + uniform jitter of up to this many mm per axis."""
     batch_size: int = 1
+    targets_per_region: int = 1
+    """Structures trained per region: the drawn one plus up to N-1 others that appear in it
+    (repeated when fewer do). The same image with different targets makes a model trained from
+    scratch use its clicks instead of guessing the salient structure."""
+    min_voxels_in_region: int = 64
+    """Other structures count as appearing in a region from this many model-frame voxels."""
     cache: bool = True
     """Keep decoded volumes and label maps in memory."""
     workers: int = 0
@@ -120,6 +127,10 @@ class InteractiveConfig:
 
     click_iterations: int = 11
     simulator: str = "random"
+    prompt_points: Literal["all", "newest"] = "all"
+    """Points decoded each iteration: every click so far (SAM-Med3D's training) or only the
+    newest, with the previous logits carrying the rest (how ``Session`` and the evaluation
+    prompt networks by default)."""
     mask_only_iterations: int = 1
     """Iterations (at random positions after the first, plus the last) that add no click and
     only feed the previous logits back."""
@@ -244,6 +255,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
             kwargs[key] = tuple(_tuples_in(value))
         else:
             kwargs[key] = value
+    hints = typing.get_type_hints(cls)
+    for key, value in kwargs.items():
+        allowed = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is Literal else ()
+        if allowed and value not in allowed:
+            raise ValueError(f"{where}.{key}: must be one of {list(allowed)}, got {value!r}")
     try:
         return cls(**kwargs)
     except TypeError as err:

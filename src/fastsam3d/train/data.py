@@ -31,11 +31,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Target:
-    """One trainable structure: case index, structure name, its voxel bounding-box centre."""
+    """One trainable structure: case index, structure name, its voxel bounding-box centre and
+    corners (``lo``, ``hi``: inclusive voxel indices)."""
 
     case: int
     structure: str
     centre: tuple[float, float, float]
+    lo: tuple[int, int, int] = (0, 0, 0)
+    hi: tuple[int, int, int] = (0, 0, 0)
 
 
 def sample_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -55,7 +58,8 @@ def sample_indices(
 class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
     """Map-style dataset: global sample index -> ``{"image", "target", "index"}``.
 
-    ``image`` and ``target`` are ``(1, S, S, S)`` float32 (normalised image; binary mask).
+    ``image`` is ``(1, S, S, S)`` float32 (normalised), ``target`` ``(M, S, S, S)`` float32 binary
+    masks, ``M = targets_per_region``: the drawn structure first, then others in the region.
     """
 
     def __init__(
@@ -95,9 +99,16 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
                 if mask.sum() * voxel_mm3 < self.config.min_volume_mm3:
                     continue
                 idx = np.argwhere(mask)
-                centre = (idx.min(axis=0) + idx.max(axis=0)) / 2
+                lo, hi = idx.min(axis=0), idx.max(axis=0)
+                centre = (lo + hi) / 2
                 targets.append(
-                    Target(n, name, (float(centre[0]), float(centre[1]), float(centre[2])))
+                    Target(
+                        n,
+                        name,
+                        (float(centre[0]), float(centre[1]), float(centre[2])),
+                        (int(lo[0]), int(lo[1]), int(lo[2])),
+                        (int(hi[0]), int(hi[1]), int(hi[2])),
+                    )
                 )
         log.info("training on %d structures of %d cases", len(targets), len(self.cases))
         return targets
@@ -124,20 +135,55 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
         image = normalize_roi(resample_to_roi(volume, roi), self.frame.normalization)
         mask_volume = Volume(masks[target.structure].astype(np.float32), volume.affine)
         mask = (resample_to_roi(mask_volume, roi) > 0.5).float()
+        if self.config.targets_per_region > 1:
+            mask = torch.stack([mask, *self._other_targets(target, mask, roi, rng)])
+        else:
+            mask = mask[None]
         aug = self.config.augment
         if aug.flip:
             axes = [a for a in range(3) if rng.random() < 0.5]
             if axes:
-                image, mask = image.flip(axes), mask.flip(axes)
+                image, mask = image.flip(axes), mask.flip([a + 1 for a in axes])
         if aug.intensity_scale:
             image = image * float(1 + rng.uniform(-aug.intensity_scale, aug.intensity_scale))
         if aug.intensity_shift:
             image = image + float(rng.uniform(-aug.intensity_shift, aug.intensity_shift))
         return {
             "image": image[None].contiguous(),
-            "target": mask[None].contiguous(),
+            "target": mask.contiguous(),
             "index": torch.tensor(index),
         }
+
+    def _other_targets(
+        self, drawn: Target, drawn_mask: torch.Tensor, roi: Roi, rng: np.random.Generator
+    ) -> list[torch.Tensor]:
+        """``targets_per_region - 1`` masks ``(S, S, S)`` of other structures in ``roi``
+        (random order; repeated, drawn one included, when fewer appear)."""
+        volume, masks = self._load(drawn.case)
+        to_volume = roi.volume_from_roi(volume)
+        c = np.array(np.meshgrid(*[[-0.5, roi.size - 0.5]] * 3, indexing="ij")).reshape(3, -1).T
+        corners = c @ to_volume[:3, :3].T + to_volume[:3, 3]
+        lo, hi = corners.min(axis=0), corners.max(axis=0)
+        candidates = [
+            t
+            for t in self.targets
+            if t.case == drawn.case
+            and t.structure != drawn.structure
+            and np.all(np.asarray(t.hi) >= lo)
+            and np.all(np.asarray(t.lo) <= hi)
+        ]
+        wanted = self.config.targets_per_region - 1
+        found: list[torch.Tensor] = []
+        for n in rng.permutation(len(candidates)):
+            other = candidates[int(n)]
+            mask_volume = Volume(masks[other.structure].astype(np.float32), volume.affine)
+            mask = (resample_to_roi(mask_volume, roi) > 0.5).float()
+            if mask.sum() >= self.config.min_voxels_in_region:
+                found.append(mask)
+                if len(found) == wanted:
+                    return found
+        found = found or [drawn_mask]
+        return [found[i % len(found)] for i in range(wanted)]
 
 
 def _rotated(roi: Roi, axis: np.ndarray, angle: float) -> Roi:

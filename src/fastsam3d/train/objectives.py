@@ -111,14 +111,29 @@ class InteractiveStep(nn.Module):
     def forward(
         self, image: torch.Tensor, target: torch.Tensor, indices: torch.Tensor
     ) -> torch.Tensor:
+        """Mean loss over the click iterations.
+
+        Args:
+            image: ``(B, 1, S, S, S)``; target: ``(B, M, S, S, S)`` binary, ``M`` structures per
+                region (each decoded with its own clicks from the region's one embedding);
+            indices: ``(B,)`` global sample indices (seed the click simulation).
+        """
         model = self.model
         size, low = model.cfg.image_size, model.cfg.low_res_size
-        b = image.shape[0]
+        per_region = target.shape[1]
         encoder_trains = any(p.requires_grad for p in model.image_encoder.parameters())
         with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
             embedding = model.encode(image)
+        if per_region > 1:
+            embedding = embedding.repeat_interleave(per_region, dim=0)
+        target = target.reshape(-1, 1, *target.shape[2:])
+        b = target.shape[0]
         truth = (target[:, 0] > 0.5).cpu().numpy()
-        rngs = [sample_rng(self.seed, int(i), stream=1) for i in indices]
+        rngs = [
+            sample_rng(self.seed, int(i), stream=1 if m == 0 else 100 + m)
+            for i in indices
+            for m in range(per_region)
+        ]
         mask_only = self._mask_only(rngs[0])
         points: list[list[tuple[int, int, int]]] = [[] for _ in range(b)]
         labels: list[list[int]] = [[] for _ in range(b)]
@@ -151,6 +166,8 @@ class InteractiveStep(nn.Module):
                     labels[s].append(positive)
             pts = torch.tensor(points, dtype=torch.float32, device=image.device)
             lab = torch.tensor(labels, device=image.device)
+            if self.config.prompt_points == "newest":
+                pts, lab = pts[:, -1:], lab[:, -1:]
             logits, _ = model.decode(embedding, pts, lab, mask_logits=logits_prev)
             up = F.interpolate(logits, size=(size,) * 3, mode="trilinear", align_corners=False)
             total = total + dice_ce_loss(up, target)

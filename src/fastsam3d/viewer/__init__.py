@@ -1,0 +1,1 @@
+"""Viewing results: headless PNG overlays (matplotlib)."""

@@ -1,0 +1,90 @@
+"""Training regions with several target structures: masks, determinism, the step's shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fastsam3d.build import build_model
+from fastsam3d.data.frame import FrameSpec
+from fastsam3d.eval.clicks import make_simulator
+from fastsam3d.eval.datasets import load_cases
+from fastsam3d.train.config import parse_config
+from fastsam3d.train.data import TrainingRegions
+from fastsam3d.train.objectives import InteractiveStep
+
+from .conftest import train_config
+
+
+def _regions(
+    per_region: int, structures: list[str], flip: bool = False, size: int = 128
+) -> TrainingRegions:
+    cfg = train_config("unused")
+    augment = {"flip": flip, "intensity_scale": 0.0, "intensity_shift": 0.0}
+    cfg["data"].update(structures=structures, targets_per_region=per_region, augment=augment)
+    config = parse_config(cfg)
+    cases = load_cases(config.data.root, config.data.layout)
+    return TrainingRegions(cases, config.data, FrameSpec(size=size), seed=3)
+
+
+def test_other_structures_of_the_region_are_added() -> None:
+    organs = ["liver", "spleen", "stomach", "kidney_left", "pancreas", "aorta"]
+    regions = _regions(3, organs)
+    single = _regions(1, organs)
+    for index in range(4):
+        sample = regions[index]
+        target = sample["target"]
+        assert target.shape == (3, 128, 128, 128)
+        assert sample["image"].shape == (1, 128, 128, 128)
+        # the drawn structure comes first and is what a one-target dataset gives
+        torch.testing.assert_close(target[0], single[index]["target"][0])
+        # the others are different structures of the same region, each present in it
+        for m in (1, 2):
+            assert target[m].sum() >= 64
+            assert not torch.equal(target[m], target[0])
+        # masks of different structures barely overlap
+        assert (target[0] * target[1]).sum() < 0.1 * min(target[0].sum(), target[1].sum())
+    # a pure function of the index
+    torch.testing.assert_close(regions[2]["target"], regions[2]["target"])
+
+
+def test_flips_apply_to_every_target() -> None:
+    plain = _regions(2, ["liver", "spleen", "stomach"])
+    flipped = _regions(2, ["liver", "spleen", "stomach"], flip=True)
+    for index in range(6):
+        a, b = plain[index], flipped[index]
+        if torch.equal(a["image"], b["image"]):
+            torch.testing.assert_close(a["target"], b["target"])
+            continue
+        # find the flip that maps the image, and check it maps both targets too
+        for dims in ([1], [2], [3], [1, 2], [1, 3], [2, 3], [1, 2, 3]):
+            if torch.equal(a["image"].flip(dims), b["image"]):
+                torch.testing.assert_close(a["target"].flip(dims), b["target"])
+                break
+        else:
+            raise AssertionError(f"sample {index}: no flip maps the image")
+
+
+def test_a_region_without_other_structures_repeats_the_drawn_one() -> None:
+    regions = _regions(3, ["spleen"])
+    target = regions[0]["target"]
+    assert target.shape[0] == 3
+    torch.testing.assert_close(target[1], target[0])
+    torch.testing.assert_close(target[2], target[0])
+
+
+def test_the_step_decodes_every_target_with_its_own_clicks() -> None:
+    model = build_model("test-tiny", seed=0)
+    regions = _regions(2, ["liver", "spleen", "stomach"], size=model.cfg.image_size)
+    config = parse_config(train_config("unused")).interactive
+    step = InteractiveStep(model, config, make_simulator("random"), seed=0)
+    batch = [regions[0], regions[1]]
+    image = torch.stack([b["image"] for b in batch])
+    target = torch.stack([b["target"] for b in batch])
+    loss = step(image, target, torch.tensor([0, 1]))
+    assert loss.ndim == 0
+    assert np.isfinite(float(loss.detach()))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads
+    assert all(torch.isfinite(g).all() for g in grads)
