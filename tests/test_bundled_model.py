@@ -25,8 +25,10 @@ from fastsam3d.eval.metrics import dice
 from fastsam3d.interactive.session import Session
 
 NAME = "fastsam3d-lite"
-# measured on the held-out DICOM CT with one centre click (MODEL_CARD.md), minus a margin
-ONE_CLICK_DICE_FLOOR = {"liver": 0.0, "spleen": 0.0}
+# Measured with the shipped weights on the held-out DICOM CT, one centre click, torch runtime
+# (MODEL_CARD.md: liver 0.110, spleen 0.277), minus 0.03 for other CPUs and BLAS builds. The
+# liver's value is low: a first click gives a blob of ~40 cm^3 inside a ~700 cm^3 liver (card).
+ONE_CLICK_DICE_FLOOR = {"liver": 0.08, "spleen": 0.24}
 
 
 @pytest.fixture(scope="module")

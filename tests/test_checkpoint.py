@@ -227,3 +227,18 @@ def test_malformed_contents(obj: object, match: str, tmp_path: Path) -> None:
     torch.save(obj, path)
     with pytest.raises(CheckpointError, match=match):
         fastsam3d.load_model("test-tiny", path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_saved_weights_get_the_usual_file_mode(suffix: str, source: Sam3D, tmp_path: Path) -> None:
+    """Not the private 0o600 of the temporary file (safetensors recreates the file it writes)."""
+    import os
+    import stat
+
+    from fastsam3d.checkpoint import save_native
+
+    path = save_native(tmp_path / f"m{suffix}", source.state_dict(), source.cfg, "test-tiny")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert _states_equal(fastsam3d.load_model(None, path), source)

@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_quickstart_runs() -> None:
     text = README.read_text()
-    block = re.search(r"## Quickstart\n\n```python\n(.*?)```", text, re.S)
+    block = re.search(r"## Quickstart\n.*?```python\n(.*?)```", text, re.S)
     assert block is not None
     code = block.group(1)
     loader = 'fastsam3d.load_model("fastsam3d", checkpoint="fastsam3d.pth")'

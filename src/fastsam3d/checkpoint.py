@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
-from .files import temp_beside
+from .files import publish, temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def save_native(
             )
         else:
             raise CheckpointError(f"{path}: output must end in .safetensors, .pt or .pth")
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
 import sys
 import tempfile
@@ -590,13 +589,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _write_json_atomic(path: Path, data: object) -> None:
-    from .files import temp_beside
+    from .files import publish, temp_beside
 
     tmp = temp_beside(path)
     try:
         with tmp.open("w") as f:
             json.dump(data, f, indent=2)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -1,8 +1,9 @@
 """Atomic file output: write beside the destination, then rename over it.
 
 A failed or interrupted write never leaves a half-written file at the destination and never
-replaces a good one. Temporary files get the permissions a plain ``open(path, "w")`` would give
-(``0o666`` minus the umask), not ``tempfile``'s private ``0o600``.
+replaces a good one. Published files get the permissions a plain ``open(path, "w")`` would give
+(``0o666`` minus the umask), not ``tempfile``'s private ``0o600`` (nor that of writers such as
+safetensors that recreate the file they are given).
 """
 
 from __future__ import annotations
@@ -32,3 +33,9 @@ def temp_beside(path: Path, suffix: str = ".tmp") -> Path:
     finally:
         os.close(fd)
     return Path(name)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Give the finished temporary file ``tmp`` the default permissions and move it to ``path``."""
+    os.chmod(tmp, _default_mode())
+    os.replace(tmp, path)

@@ -105,6 +105,9 @@ MODELS: dict[str, ModelSpec] = {
             "fastsam3d-lite",
             ModelConfig(encoder=_LITE_STUDENT, prompt=_LITE_PROMPT, decoder=_LITE_DECODER),
             "Our open default: 6 blocks (2 MLP-only), width 192, distilled here; weights bundled",
+            weights="fastsam3d-lite.safetensors",
+            weights_sha256="5254c7b30a85ccece5fc754a091bcf00b9771489be9141a89486d2f7ac6c46d4",
+            trained_on=("ct", "ct_sm", "mr"),
         ),
         ModelSpec(
             "test-tiny",

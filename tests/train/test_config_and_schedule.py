@@ -23,6 +23,21 @@ def test_valid_configs_parse() -> None:
     assert config.student.model_config().encoder.depth == 2
 
 
+def test_architecture_overrides_reach_every_part() -> None:
+    data = train_config("/tmp/x")
+    data["model"] = {
+        **data["model"],
+        "prompt": {"click_maps": True, "click_map_sigma": 2.0},
+        "decoder": {"iou_head_hidden_dim": 24},
+    }
+    cfg = parse_config(data).model
+    assert cfg is not None
+    built = cfg.model_config()
+    assert built.prompt.click_maps
+    assert built.prompt.click_map_sigma == 2.0
+    assert built.decoder.iou_head_hidden_dim == 24
+
+
 @pytest.mark.parametrize(
     ("patch", "match"),
     [
@@ -31,6 +46,8 @@ def test_valid_configs_parse() -> None:
         ({"data": {"augment": {"mirror": True}}}, r"augment: unknown keys \['mirror'\]"),
         ({"model": {"name": "vit-h"}}, "unknown model 'vit-h'"),
         ({"model": {"name": "test-tiny", "encoder": {"depth_": 3}}}, "depth_"),
+        ({"model": {"name": "test-tiny", "prompt": {"click_map": True}}}, "click_map"),
+        ({"model": {"name": "test-tiny", "decoder": {"heads": 2}}}, "heads"),
     ],
 )
 def test_config_errors(patch, match) -> None:

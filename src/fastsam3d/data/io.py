@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import temp_beside
+from ..files import publish, temp_beside
 from .volume import RAS_FROM_LPS, Volume, VolumeError, VolumeSource, check_voxels
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -376,7 +376,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = temp_beside(path, suffix=f".tmp{suffix}")
     try:
         write(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except VolumeError:
         raise
     except Exception as err:

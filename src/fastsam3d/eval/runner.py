@@ -30,7 +30,7 @@ from ..data.align import labels_on_grid
 from ..data.frame import FrameSpec
 from ..data.io import read_volume
 from ..data.volume import Volume
-from ..files import temp_beside
+from ..files import publish, temp_beside
 from .clicks import make_simulator
 from .datasets import Case, Structure
 from .protocols import ClickRecord, Method, Protocol, run_paper, run_realistic
@@ -121,7 +121,7 @@ def _write_csv_atomic(
     tmp = temp_beside(path)
     try:
         tmp.write_text(buffer.getvalue())
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

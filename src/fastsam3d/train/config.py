@@ -106,6 +106,10 @@ class ModelSpecConfig:
     """Checkpoint file(s); empty: random initialisation (or ``init`` for students)."""
     encoder: dict[str, Any] = field(default_factory=dict)
     """Overrides of :class:`~fastsam3d.config.EncoderConfig` fields (e.g. ``depth = 4``)."""
+    prompt: dict[str, Any] = field(default_factory=dict)
+    """Overrides of :class:`~fastsam3d.config.PromptEncoderConfig` fields (``click_maps``)."""
+    decoder: dict[str, Any] = field(default_factory=dict)
+    """Overrides of :class:`~fastsam3d.config.DecoderConfig` fields."""
     sparse: tuple[tuple[int, int], ...] = ()
     """Encoder sparse attention as ``[[segment_length, dilation], ...]`` (empty: dense)."""
     init: Literal["random", "teacher"] = "random"
@@ -118,7 +122,9 @@ class ModelSpecConfig:
         if self.sparse:
             patterns = tuple(SparsePattern(int(w), int(r)) for w, r in self.sparse)
             encoder = dataclasses.replace(encoder, sparse=SparseAttentionConfig(patterns))
-        return dataclasses.replace(base, encoder=encoder)
+        prompt = dataclasses.replace(base.prompt, **_tuples(self.prompt))
+        decoder = dataclasses.replace(base.decoder, **_tuples(self.decoder))
+        return dataclasses.replace(base, encoder=encoder, prompt=prompt, decoder=decoder)
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,10 @@ class InteractiveConfig:
     """With ``trainable = "encoder_last"``: also train the last N encoder blocks and the neck."""
     decoder_lr_scale: float = 1.0
     """Learning rate of prompt encoder and decoder relative to ``optim.lr`` (upstream: 0.1)."""
+    embedding_loss_weight: float = 0.0
+    """Weight of :func:`~fastsam3d.train.objectives.prototype_loss` on the image embedding (each
+    structure must be separable from the embedding alone): a direct signal for an encoder
+    trained from scratch, which otherwise learns slowly behind the decoder (0: off)."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +257,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         if cls is DataConfig and key == "augment":
             kwargs[key] = _build(AugmentConfig, value, f"{where}.augment")
-        elif key in ("encoder",):
+        elif key in ("encoder", "prompt", "decoder"):
             if not isinstance(value, dict):
                 raise ValueError(f"{where}.{key}: expected a table")
             kwargs[key] = dict(value)

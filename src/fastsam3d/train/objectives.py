@@ -43,6 +43,33 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) 
     return dice.mean() + F.binary_cross_entropy_with_logits(logits.float(), t)
 
 
+def prototype_loss(
+    embedding: torch.Tensor, target: torch.Tensor, scale: float = 10.0
+) -> torch.Tensor:
+    """A direct training signal for the image encoder: every structure must be segmentable from
+    the embedding alone by cosine similarity to its own mean embedding (its prototype).
+
+    The prototype of target ``m`` is the mean of the unit-normalised embedding vectors weighted
+    by the fraction of each token's cell the target covers; the logits of a token are
+    ``scale * (cos(token, prototype) - 0.5)``; the loss is :func:`dice_ce_loss` against those
+    fractions. A constant embedding cannot lower it: tokens must differ between structures.
+
+    Args:
+        embedding: ``(B, C, g, g, g)`` image embedding.
+        target: ``(B, M, S, S, S)`` binary masks, ``S`` a multiple of ``g``.
+    """
+    cover = F.adaptive_avg_pool3d(target.float(), embedding.shape[-1]).flatten(2)  # (B, M, N)
+    tokens = F.normalize(embedding.float().flatten(2), dim=1)  # (B, C, N)
+    weights = cover / cover.sum(-1, keepdim=True).clamp_min(1e-6)
+    prototypes = F.normalize(torch.einsum("bmn,bcn->bmc", weights, tokens), dim=-1)
+    cosine = torch.einsum("bmc,bcn->bmn", prototypes, tokens)  # (B, M, N)
+    logits = scale * (cosine - 0.5)
+    present = cover.sum(-1) > 0  # (B, M): structures absent from the region carry no signal
+    if not bool(present.any()):
+        return embedding.new_zeros(())
+    return dice_ce_loss(logits[present][:, None], cover[present][:, None])
+
+
 def layer_pairing(student_depth: int, teacher_depth: int) -> list[int]:
     """Teacher depth paired with each student depth ``1..L``: ``round(T i / L)``."""
     if student_depth < 1 or teacher_depth < student_depth:
@@ -124,6 +151,8 @@ class InteractiveStep(nn.Module):
         encoder_trains = any(p.requires_grad for p in model.image_encoder.parameters())
         with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
             embedding = model.encode(image)
+        weight = self.config.embedding_loss_weight
+        aux = prototype_loss(embedding, target) if weight and encoder_trains else None
         if per_region > 1:
             embedding = embedding.repeat_interleave(per_region, dim=0)
         target = target.reshape(-1, 1, *target.shape[2:])
@@ -172,7 +201,8 @@ class InteractiveStep(nn.Module):
             up = F.interpolate(logits, size=(size,) * 3, mode="trilinear", align_corners=False)
             total = total + dice_ce_loss(up, target)
             logits_prev = logits.detach()
-        return total / self.config.click_iterations
+        total = total / self.config.click_iterations
+        return total if aux is None else total + weight * aux
 
 
 class DistillStep(nn.Module):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.volume import Volume
-from ..files import temp_beside
+from ..files import publish, temp_beside
 
 
 def _canonical(
@@ -179,7 +179,7 @@ def render_overlay(
     tmp = temp_beside(out, suffix=".png")
     try:
         fig.savefig(tmp)
-        os.replace(tmp, out)
+        publish(tmp, out)
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
