@@ -280,3 +280,34 @@ def test_samples_commands(capsys) -> None:
 def test_negative_numbers_are_points_not_options(tiny_ckpt, existing_output, capsys) -> None:
     code = _segment(samples.sample("ct").image, existing_output, tiny_ckpt, "--point", "-1,2,3")
     _fails(capsys, code, "voxel index (-1.0, 2.0, 3.0) lies outside the image", existing_output)
+
+
+def test_a_model_without_weights_needs_a_checkpoint(tmp_path, existing_output, capsys) -> None:
+    image = samples.sample("mr").image
+    code = main(
+        [
+            "segment",
+            str(image),
+            "--model",
+            "fastsam3d",
+            "--point",
+            "1,2,3",
+            "--out",
+            str(existing_output),
+        ]
+    )
+    _fails(capsys, code, "'fastsam3d' has no bundled weights: pass --checkpoint", existing_output)
+
+
+@pytest.mark.parametrize(
+    ("structures", "match"),
+    [
+        ("liver,lever", "no structure 'lever' in total"),
+        ("liver,brain", "['brain'] are not labelled"),
+    ],
+)
+def test_demo_checks_structures_before_writing(structures, match, tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--structures", structures, "--runtime", "torch"])
+    _fails(capsys, code, match)
+    assert not out.exists()

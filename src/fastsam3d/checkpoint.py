@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
-from .files import publish, temp_beside
+from .files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -296,13 +296,14 @@ def save_native(
         "model_name": model_name or "",
         "model_config": json.dumps(config.to_dict()),
     }
-    tmp = temp_beside(path)
-    try:
+    if path.suffix not in (".safetensors", ".pt", ".pth"):
+        raise CheckpointError(f"{path}: output must end in .safetensors, .pt or .pth")
+    with atomic_output(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(tensors, str(tmp), metadata=meta)
-        elif path.suffix in (".pt", ".pth"):
+        else:
             torch.save(
                 {
                     "format": NATIVE_FORMAT,
@@ -313,9 +314,4 @@ def save_native(
                 },
                 tmp,
             )
-        else:
-            raise CheckpointError(f"{path}: output must end in .safetensors, .pt or .pth")
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

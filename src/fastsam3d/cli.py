@@ -516,31 +516,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     sample = samples.sample(args.sample)
     names = [n.strip() for n in args.structures.split(",") if n.strip()]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    values = {name: samples.label_value(sample.label_set, name) for name in names}
     t0 = time.perf_counter()
     volume = read_volume(sample.image)
     labels = labels_on_grid(read_volume(sample.labels), volume)
+    truths = {name: labels == value for name, value in values.items()}
+    missing = [name for name, truth in truths.items() if not truth.any()]
+    if missing:
+        raise ValueError(f"structures {missing} are not labelled in sample {args.sample!r}")
     t1 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model, args.checkpoint)
     runtime = resolve(args.runtime, model)
     runner = prepare(model, runtime, threads=args.threads)
     t2 = time.perf_counter()
     print(f"scan    {sample.image.name}: {volume.describe()} (read in {1e3 * (t1 - t0):.0f} ms)")
+    weights = ""
     if args.checkpoint is None:
-        trained_on = get_spec(args.model).trained_on
-        if trained_on:
-            seen = args.sample in trained_on
+        spec = get_spec(args.model)
+        if spec.trained_on:
+            seen = args.sample in spec.trained_on
             print(
                 f"        {'used for' if seen else 'held out from'} training the bundled weights "
-                f"(trained on: {', '.join(trained_on)})"
+                f"(trained on: {', '.join(spec.trained_on)})"
             )
-    if args.checkpoint is not None:
-        weights = ""
-    elif get_spec(args.model).weights is not None:
-        weights = " (bundled weights)"
-    else:
-        weights = " (RANDOM weights: this entry ships none; pass --checkpoint)"
+        weights = (
+            " (bundled weights)"
+            if spec.weights is not None
+            else " (RANDOM weights: this entry ships none; pass --checkpoint)"
+        )
     print(f"model   {args.model}{weights}, runtime {runtime} (ready in {1e3 * (t2 - t1):.0f} ms)")
     print(
         "clicks are placed by a simulated user at the centre of the largest error, using "
@@ -550,10 +555,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     session = Session(runner, runtime="torch")
     session.set_image(volume)
     rng = np.random.default_rng(0)
-    for value, name in enumerate(names, start=1):
-        truth = labels == samples.label_value(sample.label_set, name)
-        if not truth.any():
-            raise ValueError(f"structure {name!r} is not labelled in sample {args.sample!r}")
+    for value, (name, truth) in enumerate(truths.items(), start=1):
         session.reset()
         clicks = []
         for step in range(args.clicks):
@@ -589,15 +591,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _write_json_atomic(path: Path, data: object) -> None:
-    from .files import publish, temp_beside
+    from .files import atomic_output
 
-    tmp = temp_beside(path)
-    try:
-        with tmp.open("w") as f:
-            json.dump(data, f, indent=2)
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path) as tmp, tmp.open("w") as f:
+        json.dump(data, f, indent=2)
 
 
 def _default_fixtures() -> str:

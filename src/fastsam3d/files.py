@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -20,22 +22,26 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
-def temp_beside(path: Path, suffix: str = ".tmp") -> Path:
-    """A new empty file ``.<name>.<random><suffix>`` in ``path``'s folder (created if needed).
-
-    The caller writes it and moves it over ``path`` with :func:`os.replace`, and removes it if
-    anything fails (``Path.unlink(missing_ok=True)`` in a ``finally``).
-    """
+def _temp_beside(path: Path, suffix: str) -> Path:
+    """A new empty file ``.<name>.<random><suffix>`` in ``path``'s folder (created if needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    try:
-        os.fchmod(fd, _default_mode())
-    finally:
-        os.close(fd)
+    os.close(fd)
     return Path(name)
 
 
-def publish(tmp: Path, path: Path) -> None:
-    """Give the finished temporary file ``tmp`` the default permissions and move it to ``path``."""
-    os.chmod(tmp, _default_mode())
-    os.replace(tmp, path)
+@contextmanager
+def atomic_output(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it gets the default
+    permissions and replaces ``path``; on any error ``path`` is left as it was. The temporary
+    file never survives.
+
+    ``suffix``: the temporary file's ending (writers that pick a format by it need the real one).
+    """
+    tmp = _temp_beside(path, suffix)
+    try:
+        yield tmp
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

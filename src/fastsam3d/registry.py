@@ -9,7 +9,7 @@ There are no URLs and no downloads: users pass the path of a checkpoint they own
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import DecoderConfig, EncoderConfig, ModelConfig, PromptEncoderConfig
@@ -62,16 +62,7 @@ _LITE_DECODER = DecoderConfig(transformer_dim=96, num_heads=4, mlp_dim=512, iou_
 _LITE_TEACHER = EncoderConfig(
     embed_dim=256, depth=12, num_heads=8, window_size=0, global_attn_indexes=(), out_chans=96
 )
-_LITE_STUDENT = EncoderConfig(
-    embed_dim=192,
-    depth=6,
-    num_heads=6,
-    window_size=0,
-    global_attn_indexes=(),
-    attn_free_blocks=2,
-    block_formula="fastsam3d",
-    out_chans=96,
-)
+_LITE_STUDENT = replace(_STUDENT, embed_dim=192, out_chans=96)  # FastSAM3D's layout
 _TINY_PROMPT = PromptEncoderConfig(embed_dim=48, mask_in_chans=8)
 _TINY_DECODER = DecoderConfig(transformer_dim=48, num_heads=4, mlp_dim=96, iou_head_hidden_dim=32)
 

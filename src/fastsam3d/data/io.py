@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import publish, temp_beside
+from ..files import atomic_output
 from .volume import RAS_FROM_LPS, Volume, VolumeError, VolumeSource, check_voxels
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -373,18 +373,15 @@ def _label_dtype(labels: np.ndarray) -> np.ndarray:
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     suffix = _suffix(path)
-    tmp = temp_beside(path, suffix=f".tmp{suffix}")
     try:
-        write(tmp)
-        publish(tmp, path)
+        with atomic_output(path, suffix=f".tmp{suffix}") as tmp:
+            write(tmp)
     except VolumeError:
         raise
     except Exception as err:
         raise VolumeError(
             f"{path}: writing failed ({_first_line(err)}); nothing was changed"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_nifti(data: np.ndarray, like: Volume, path: Path) -> None:

@@ -30,7 +30,7 @@ from ..data.align import labels_on_grid
 from ..data.frame import FrameSpec
 from ..data.io import read_volume
 from ..data.volume import Volume
-from ..files import publish, temp_beside
+from ..files import atomic_output
 from .clicks import make_simulator
 from .datasets import Case, Structure
 from .protocols import ClickRecord, Method, Protocol, run_paper, run_realistic
@@ -118,12 +118,8 @@ def _write_csv_atomic(
     writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = temp_beside(path)
-    try:
+    with atomic_output(path) as tmp:
         tmp.write_text(buffer.getvalue())
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fmt(value: float) -> str:

@@ -31,14 +31,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Target:
-    """One trainable structure: case index, structure name, its voxel bounding-box centre and
-    corners (``lo``, ``hi``: inclusive voxel indices)."""
+    """One trainable structure: case index, structure name, its voxel bounding box (``lo``,
+    ``hi``: inclusive voxel indices)."""
 
     case: int
     structure: str
-    centre: tuple[float, float, float]
-    lo: tuple[int, int, int] = (0, 0, 0)
-    hi: tuple[int, int, int] = (0, 0, 0)
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+
+    @property
+    def centre(self) -> np.ndarray:
+        """``(3,)`` voxel index of the bounding-box centre."""
+        return (np.asarray(self.lo) + np.asarray(self.hi)) / 2
 
 
 def sample_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -100,12 +104,10 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
                     continue
                 idx = np.argwhere(mask)
                 lo, hi = idx.min(axis=0), idx.max(axis=0)
-                centre = (lo + hi) / 2
                 targets.append(
                     Target(
                         n,
                         name,
-                        (float(centre[0]), float(centre[1]), float(centre[2])),
                         (int(lo[0]), int(lo[1]), int(lo[2])),
                         (int(hi[0]), int(hi[1]), int(hi[2])),
                     )
@@ -123,7 +125,7 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
         volume, _ = self._load(target.case)
         jitter_world = rng.uniform(-self.config.jitter_mm, self.config.jitter_mm, 3)
         jitter_index = np.linalg.solve(volume.affine[:3, :3], jitter_world)
-        roi = roi_around(volume, np.asarray(target.centre) + jitter_index, self.frame, clamp=False)
+        roi = roi_around(volume, target.centre + jitter_index, self.frame, clamp=False)
         angle = self.config.augment.rotate_deg
         if angle > 0:
             roi = _rotated(roi, rng.normal(size=3), np.radians(rng.uniform(-angle, angle)))

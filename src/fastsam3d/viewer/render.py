@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.volume import Volume
-from ..files import publish, temp_beside
+from ..files import atomic_output
 
 
 def _canonical(
@@ -176,11 +176,9 @@ def render_overlay(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(out_png)
-    tmp = temp_beside(out, suffix=".png")
     try:
-        fig.savefig(tmp)
-        publish(tmp, out)
+        with atomic_output(out, suffix=".png") as tmp:
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out
