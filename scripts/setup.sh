@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set-up on a fresh machine: .venv with the CPU build of torch, this package (editable) and its
-# test tools, at the versions pinned in requirements/constraints.txt. Safe to re-run.
+# test tools, at the versions pinned in requirements/constraints.txt; NiiVue for the web viewer
+# from the npm registry (web/package-lock.json). Safe to re-run.
+#   --browser  also install Debian's Chromium for the browser tests (apt; needs root or sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -9,3 +11,21 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c requ
 # torch first and explicitly: a bare `torch` requirement could pull a multi-GB CUDA build
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -e ".[test]"
+
+# the web viewer's NiiVue bundle (served by `fastsam3d serve`; no CDN at run time)
+if command -v npm >/dev/null 2>&1; then
+    # web/node_modules/.installed-lock: the lock file of the last install (skip when unchanged)
+    if ! cmp -s web/package-lock.json web/node_modules/.installed-lock; then
+        npm ci --prefix web --no-audit --no-fund --loglevel=error
+        cp web/package-lock.json web/node_modules/.installed-lock
+    fi
+else
+    echo "setup: npm not found: the web page of 'fastsam3d serve' needs NiiVue (npm ci --prefix web)" >&2
+fi
+
+if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get install -y --no-install-recommends chromium >/dev/null \
+        || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends chromium >/dev/null; }
+fi

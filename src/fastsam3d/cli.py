@@ -96,7 +96,33 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     def bar(desc: str) -> Any:
         return lambda steps: tqdm(steps, desc=desc, unit="run", file=sys.stderr)
 
-    if args.target == "session":
+    if args.target == "serve":
+        from .bench.serve_load import load_markdown, plot_load, run_load_test
+
+        model_name = args.models.split(",")[-1].strip()
+        if model_name == "fastsam3d":  # the default --models list: serve the bundled model
+            model_name = "fastsam3d-lite"
+        with tqdm(total=args.seconds, desc="load test", unit="s", file=sys.stderr) as progress:
+
+            def advance(elapsed: float) -> None:
+                progress.update(elapsed - progress.n)
+
+            report = run_load_test(
+                sessions=args.sessions,
+                seconds=args.seconds,
+                sample=args.sample,
+                model=model_name,
+                threads=args.threads or 2,
+                progress=advance,
+            )
+        print(load_markdown(report))
+        print(f"machine: {_machine()}")
+        report["machine"] = _machine()
+        if args.plot:
+            print(f"wrote {plot_load(report, args.plot)}")
+        for problem in report["errors"][:5] + report["crosstalk"][:5]:
+            print(f"problem: {problem}", file=sys.stderr)
+    elif args.target == "session":
         from .bench.session import benchmark_session, session_markdown
 
         report = benchmark_session(
@@ -597,6 +623,65 @@ def _write_json_atomic(path: Path, data: object) -> None:
         json.dump(data, f, indent=2)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+    import uvicorn
+
+    from . import samples
+    from .build import load_model
+    from .runtime.select import prepare
+    from .server import Limits, ServerConfig, create_app
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    token = args.token or os.environ.get("FASTSAM3D_TOKEN") or None
+    if not loopback and token is None:
+        print(
+            f"warning: serving on {args.host} without --token: anyone who reaches this port can "
+            "open images from the data folder",
+            file=sys.stderr,
+        )
+    model = prepare(load_model(args.model, args.checkpoint), args.runtime, threads=args.threads)
+    config = ServerConfig(
+        data_dir=Path(args.data_dir) if args.data_dir else samples.ROOT,
+        recovery_dir=Path(args.recovery_dir) if args.recovery_dir else None,
+        limits=Limits(
+            max_sessions=args.max_sessions,
+            idle_seconds=60 * args.idle_minutes,
+            max_upload_bytes=int(args.max_upload_mb * 1024**2),
+            history=args.undo_depth,
+            model_slots=args.model_slots,
+        ),
+        token=token,
+        model_name=args.model + (f" ({args.checkpoint})" if args.checkpoint else ""),
+        prompting=args.prompting,
+    )
+    app = create_app(model, config)
+    if not config.niivue.is_file():
+        print(f"warning: {config.niivue} missing: the web page needs `bash scripts/setup.sh`")
+    print(f"fastsam3d serve: http://{args.host}:{args.port}/ (API schema: /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
 def _default_fixtures() -> str:
     return str(Path(__file__).resolve().parents[2] / "tests" / "fixtures")
 
@@ -643,7 +728,11 @@ def build_parser() -> argparse.ArgumentParser:
         "click on a newly loaded sample scan and warm clicks (uses the last --models entry and "
         "the first --runtimes entry).",
     )
-    p.add_argument("target", nargs="?", choices=("models", "encoders", "session"), default="models")
+    p.add_argument(
+        "target", nargs="?", choices=("models", "encoders", "session", "serve"), default="models"
+    )
+    p.add_argument("--sessions", type=int, default=8, help="serve: concurrent users")
+    p.add_argument("--seconds", type=float, default=60.0, help="serve: how long they click")
     p.add_argument("--models", default="sam-med3d,fastsam3d", help="comma-separated names")
     p.add_argument(
         "--runtimes",
@@ -829,6 +918,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "serve",
+        help="local web viewer and HTTP API for click-to-segment sessions",
+        description="Serves the NiiVue web page at http://HOST:PORT/ and the HTTP API (schema at "
+        "/docs). Images open from --data-dir (default: the bundled sample scans) or by upload. "
+        "Binds to loopback unless --host says otherwise; --token protects the API.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default="fastsam3d-lite")
+    p.add_argument("--checkpoint", help="weights (default: the model's bundled ones)")
+    p.add_argument("--runtime", default="torch", choices=RUNTIME_CHOICES)
+    p.add_argument("--prompting", default="newest", choices=("newest", "all"))
+    p.add_argument("--data-dir", help="folder images may be opened from (default: bundled samples)")
+    p.add_argument(
+        "--recovery-dir",
+        default=str(Path.home() / ".cache" / "fastsam3d" / "recovery"),
+        help="autosave of every session's label map ('' to turn off)",
+    )
+    p.add_argument("--token", help="require this access token (default: $FASTSAM3D_TOKEN if set)")
+    p.add_argument("--max-sessions", type=int, default=16)
+    p.add_argument("--idle-minutes", type=float, default=30.0)
+    p.add_argument("--max-upload-mb", type=float, default=512.0)
+    p.add_argument("--undo-depth", type=int, default=50, help="undoable clicks per object")
+    p.add_argument(
+        "--model-slots", type=int, default=1, help="model calls at a time (others queue)"
+    )
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("samples", help="the bundled sample scans: list, verify, fetch")
     p.add_argument("action", choices=("list", "verify", "fetch"))

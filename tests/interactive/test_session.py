@@ -211,6 +211,30 @@ def test_undo_restores_the_previous_mask_exactly() -> None:
     assert not session.undo()
 
 
+def test_undo_depth_is_bounded_and_exact_within_it() -> None:
+    model = fastsam3d.load_model("test-tiny", seed=1)
+    volume = Volume.from_array(
+        np.random.default_rng(0).normal(size=(60, 50, 40)).astype(np.float32),
+        spacing=(1.0, 1.0, 1.0),
+    )
+    session = Session(model, runtime="torch", max_history=2)
+    session.set_image(volume)
+    masks = []
+    for point in ((30, 25, 20), (31, 26, 20), (29, 24, 21), (30, 27, 19)):
+        session.add_click(point)
+        masks.append(session.mask.copy())
+    assert session.can_undo
+    assert session.undo()
+    assert np.array_equal(session.mask, masks[2])
+    assert session.undo()
+    assert np.array_equal(session.mask, masks[1])
+    assert not session.can_undo
+    assert not session.undo()  # older steps were dropped ...
+    assert len(session.prompts) == 2  # ... but their clicks are still listed
+    with pytest.raises(ValueError, match="max_history"):
+        Session(model, runtime="torch", max_history=0)
+
+
 def test_undo_of_a_pending_click_and_reset_keeps_the_cache(monkeypatch) -> None:
     session, _ = _tiny_session()
     session.add_click((30, 25, 20))

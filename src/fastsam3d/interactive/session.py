@@ -89,7 +89,12 @@ class _Step:
     roi: Roi | None
     logits: torch.Tensor | None
     box: Box3
-    previous_block: np.ndarray
+    previous_bits: np.ndarray  # the mask block before this step, np.packbits (8x smaller)
+
+    def previous_block(self) -> np.ndarray:
+        shape = tuple(sl.stop - sl.start for sl in self.box)
+        count = int(np.prod(shape))
+        return np.unpackbits(self.previous_bits, count=count).astype(bool).reshape(shape)
 
 
 class Session:
@@ -100,6 +105,9 @@ class Session:
         frame: model-frame parameters; default: the model's input size at 1.5 mm, z-normalised.
         prompting: ``"newest"`` (default, as trained) or ``"all"`` clicks of the region.
         cache_size: number of ROI embeddings kept.
+        max_history: predictions that can be undone (``None``: all). Older clicks stay in
+            :attr:`prompts` but can no longer be taken back; each step keeps the ROI's
+            low-resolution logits and a bit-packed copy of the mask block it changed.
         runtime: how a :class:`~fastsam3d.Sam3D` runs (:mod:`fastsam3d.runtime.select`):
             ``"auto"`` picks the fastest runtime that passed the accuracy checks; ``"torch"``
             uses the model as is. Ignored for models prepared already (anything that is not a
@@ -123,6 +131,7 @@ class Session:
         prompting: Prompting = "newest",
         cache_size: int = 4,
         runtime: str = "auto",
+        max_history: int | None = None,
     ) -> None:
         if isinstance(model, Sam3D) and runtime != "torch":
             from ..runtime.select import prepare
@@ -138,6 +147,9 @@ class Session:
             raise ValueError(f"prompting must be 'newest' or 'all', got {prompting!r}")
         self.prompting: Prompting = prompting
         self.cache_size = max(1, cache_size)
+        if max_history is not None and max_history < 1:
+            raise ValueError(f"max_history must be at least 1 or None, got {max_history}")
+        self.max_history = max_history
         self._volume: Volume | None = None
         self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._clear_prompts()
@@ -300,8 +312,16 @@ class Session:
         else:
             self._mask[box] = np.where(inside.numpy(), values.numpy() > 0, previous_block)
         self._history.append(
-            _Step(len(self._pending), self._roi, self._logits, box, previous_block)
+            _Step(
+                len(self._pending),
+                self._roi,
+                self._logits,
+                box,
+                np.packbits(previous_block, axis=None),
+            )
         )
+        if self.max_history is not None and len(self._history) > self.max_history:
+            del self._history[0]
         self._clicks.extend(self._pending)
         self._pending = []
         self._roi, self._logits = roi, logits
@@ -359,10 +379,15 @@ class Session:
             return False
         step = self._history.pop()
         assert self._mask is not None
-        self._mask[step.box] = step.previous_block
+        self._mask[step.box] = step.previous_block()
         self._roi, self._logits = step.roi, step.logits
         del self._clicks[len(self._clicks) - step.n_clicks :]
         return True
+
+    @property
+    def can_undo(self) -> bool:
+        """Whether :meth:`undo` has something to take back."""
+        return bool(self._pending or self._history)
 
     def reset(self) -> None:
         """Forget clicks and mask; keep the image and cached embeddings."""

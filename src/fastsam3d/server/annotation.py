@@ -1,0 +1,280 @@
+"""Several objects segmented by clicks in one volume: what one server session holds.
+
+An :class:`Annotation` owns one image and a list of :class:`AnnotatedObject` s. Each object has a
+label value (1..255), a name, a colour and its own :class:`~fastsam3d.interactive.Session`, so
+each keeps its own click history (undo) and its own redo stack. The label map puts the objects
+together in creation order (a later object wins where two overlap).
+
+Coordinates: clicks are voxel indices ``(i, j, k)`` of the image array, or world millimetres
+in RAS or LPS. Not thread-safe by itself: the server holds :attr:`Annotation.lock` around every
+call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ..data.volume import Volume, WorldConvention, orientation_codes
+from ..interactive.session import Click, Session
+
+PointFrame = Literal["voxel", "ras", "lps"]
+MAX_LABEL = 255
+
+# Distinct colours (RGB 0-255) for label values 1, 2, ... (cycled).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+)
+
+
+class AnnotationError(ValueError):
+    """A request that does not fit the annotation's state (nothing to undo, too many objects).
+
+    ``status`` is the HTTP status the server answers with."""
+
+    status = 409
+
+
+class UnknownObject(AnnotationError):
+    """No object has the requested label value."""
+
+    status = 404
+
+
+@dataclass
+class AnnotatedObject:
+    """One structure: label value, display name and colour, and the clicks that made it."""
+
+    label: int
+    name: str
+    session: Session
+    redo: list[Click] = field(default_factory=list)
+
+    @property
+    def color(self) -> tuple[int, int, int]:
+        return PALETTE[(self.label - 1) % len(PALETTE)]
+
+    @property
+    def voxels(self) -> int:
+        return int(np.count_nonzero(self.session.mask))
+
+    def describe(self) -> dict[str, Any]:
+        clicks = self.session.prompts
+        return {
+            "label": self.label,
+            "name": self.name,
+            "color": list(self.color),
+            "voxels": self.voxels,
+            "clicks": [{"index": list(c.index), "positive": c.positive} for c in clicks],
+            "can_undo": self.session.can_undo,
+            "can_redo": bool(self.redo),
+        }
+
+
+@dataclass(frozen=True)
+class ClickOutcome:
+    """What one click did: the object's state after it and the time the model took."""
+
+    label: int
+    voxels: int
+    new_region: bool
+    iou: float
+    timings_ms: dict[str, float]
+
+
+class Annotation:
+    """An image and the objects segmented in it.
+
+    Args:
+        volume: the image, ``(I, J, K)`` on its own grid.
+        model: a prepared model shared by every session of the server (read-only).
+        source: where the image came from (a path under the data folder, or an upload name).
+        prompting: how each object's :class:`Session` prompts the model.
+        history: clicks per object that can be undone (bounds memory).
+        run: runs each model call (the server passes its model worker threads: a bound on
+            parallel model work, and few threads holding the large temporary buffers).
+    """
+
+    def __init__(
+        self,
+        volume: Volume,
+        model: Any,
+        *,
+        source: str,
+        uploaded: bool,
+        prompting: Literal["newest", "all"] = "newest",
+        history: int = 50,
+        run: Callable[[Callable[[], Any]], Any] | None = None,
+    ) -> None:
+        self.volume = volume
+        self.model = model
+        self.source = source
+        self.uploaded = uploaded
+        self.prompting: Literal["newest", "all"] = prompting
+        self.history = history
+        self.run: Callable[[Callable[[], Any]], Any] = run or (lambda work: work())
+        self.objects: list[AnnotatedObject] = []
+        self.active: int | None = None
+        self.lock = threading.Lock()
+        self.created = time.time()
+        self.touched = time.monotonic()
+        self.revision = 0  # bumped by every change of the label map
+
+    # -- objects ----------------------------------------------------------------------------
+
+    def add_object(self, name: str | None = None) -> AnnotatedObject:
+        """A new, empty object with the smallest free label value; it becomes the active one."""
+        used = {o.label for o in self.objects}
+        label = next((v for v in range(1, MAX_LABEL + 1) if v not in used), None)
+        if label is None:
+            raise AnnotationError(f"at most {MAX_LABEL} objects per session")
+        name = (name or "").strip() or f"object {label}"
+        _check_name(name)
+        session = Session(
+            self.model, prompting=self.prompting, runtime="torch", max_history=self.history
+        )
+        session.set_image(self.volume)
+        obj = AnnotatedObject(label, name, session)
+        self.objects.append(obj)
+        self.active = label
+        return obj
+
+    def get(self, label: int | None = None) -> AnnotatedObject:
+        """The object with ``label``, or the active one (created on demand when there is none)."""
+        if label is None:
+            if self.active is None:
+                return self.add_object()
+            label = self.active
+        for obj in self.objects:
+            if obj.label == label:
+                return obj
+        known = ", ".join(str(o.label) for o in self.objects) or "none"
+        raise UnknownObject(f"no object with label {label} (objects: {known})")
+
+    def activate(self, label: int) -> AnnotatedObject:
+        obj = self.get(label)
+        self.active = obj.label
+        return obj
+
+    def rename(self, label: int, name: str) -> AnnotatedObject:
+        name = name.strip()
+        _check_name(name)
+        obj = self.get(label)
+        obj.name = name
+        return obj
+
+    def remove(self, label: int) -> None:
+        obj = self.get(label)
+        self.objects.remove(obj)
+        if self.active == label:
+            self.active = self.objects[-1].label if self.objects else None
+        self.revision += 1
+
+    # -- clicks -----------------------------------------------------------------------------
+
+    def click(
+        self,
+        point: Sequence[float],
+        positive: bool,
+        frame: PointFrame = "voxel",
+        label: int | None = None,
+    ) -> ClickOutcome:
+        """Add a click to an object (default: the active one) and predict its new mask.
+
+        A click clears the object's redo stack. If the prediction fails, the object is left
+        exactly as it was and the error is raised.
+        """
+        obj = self.get(label)
+        world: WorldConvention | None = None if frame == "voxel" else frame
+        session = obj.session
+        before = len(session.prompts)
+        try:
+            result = self.run(lambda: session.add_click(point, positive, world=world))
+        except BaseException:
+            while len(session.prompts) > before:  # the pending click of a failed prediction
+                session.undo()
+            raise
+        assert result is not None
+        obj.redo.clear()
+        self.active = obj.label
+        self.revision += 1
+        return ClickOutcome(
+            obj.label, obj.voxels, result.new_region, result.iou, dict(result.timings_ms)
+        )
+
+    def undo(self, label: int | None = None) -> AnnotatedObject:
+        """Take back the object's last click; the mask returns exactly to what it was."""
+        obj = self.get(label)
+        clicks = obj.session.prompts
+        if not obj.session.undo():
+            more = f" (only the last {self.history} clicks can be undone)" if clicks else ""
+            raise AnnotationError(f"nothing to undo for object {obj.label} ({obj.name}){more}")
+        removed = clicks[len(obj.session.prompts) :]
+        obj.redo.extend(reversed(removed))
+        self.revision += 1
+        return obj
+
+    def redo(self, label: int | None = None) -> AnnotatedObject:
+        """Replay the last undone click (the model is deterministic: the same mask returns)."""
+        obj = self.get(label)
+        if not obj.redo:
+            raise AnnotationError(f"nothing to redo for object {obj.label} ({obj.name})")
+        click = obj.redo.pop()
+        pending = obj.redo[:]
+        self.click(click.index, click.positive, "voxel", obj.label)
+        obj.redo[:] = pending  # click() cleared the stack; a redo keeps the rest of it
+        return obj
+
+    def reset(self, label: int | None = None) -> AnnotatedObject:
+        """Forget the object's clicks and mask (cannot be undone)."""
+        obj = self.get(label)
+        obj.session.reset()
+        obj.redo.clear()
+        self.revision += 1
+        return obj
+
+    # -- output -----------------------------------------------------------------------------
+
+    def label_map(self) -> np.ndarray:
+        """``(I, J, K)`` uint8 label map: 0 background, each object's label value where its mask
+        is set (later objects win where masks overlap)."""
+        labels = np.zeros(self.volume.shape, dtype=np.uint8)
+        for obj in self.objects:
+            labels[obj.session.mask] = obj.label
+        return labels
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "uploaded": self.uploaded,
+            "shape": list(self.volume.shape),
+            "spacing": [float(s) for s in self.volume.spacing],
+            "affine": np.asarray(self.volume.affine, dtype=float).tolist(),
+            "orientation": "".join(orientation_codes(self.volume.affine)),
+            "objects": [o.describe() for o in self.objects],
+            "active": self.active,
+            "revision": self.revision,
+        }
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > 64 or any(ord(c) < 32 for c in name):
+        error = AnnotationError(f"object name must be 1-64 printable characters, got {name!r}")
+        error.status = 422
+        raise error
