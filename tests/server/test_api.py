@@ -559,3 +559,18 @@ def test_undo_depth_limit_is_explained(model, data_dir: Path) -> None:
         after = c.get(f"/api/sessions/{sid}").json()["objects"][0]
         assert after["can_undo"] is False
         assert len(after["clicks"]) == len(state["objects"][0]["clicks"]) - 1
+
+
+def test_idle_sessions_close_without_new_requests(model, data_dir: Path) -> None:
+    import time
+
+    now = [0.0]
+    store = SessionStore(model, Limits(idle_seconds=60), None, clock=lambda: now[0])
+    config = ServerConfig(data_dir=data_dir, sweep_seconds=0.05)
+    with TestClient(create_app(model, config, store=store)) as c:
+        sid = _open(c)
+        now[0] = 1000.0
+        deadline = time.monotonic() + 10
+        while sid in store.ids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sid not in store.ids()

@@ -135,6 +135,7 @@ class Annotation:
         self.created = time.time()
         self.touched = time.monotonic()
         self.revision = 0  # bumped by every change of the label map
+        self.display_nifti: bytes | None = None  # the image as NIfTI for viewers (server cache)
 
     # -- objects ----------------------------------------------------------------------------
 

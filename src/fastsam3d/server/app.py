@@ -9,6 +9,7 @@ of the image array (``frame="voxel"``) or world mm (``"ras"``/``"lps"``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ class ServerConfig:
         niivue: NiiVue's ES module bundle (from npm).
         model_name: shown by ``/api/health``.
         prompting: ``"newest"`` or ``"all"`` clicks per prediction.
+        sweep_seconds: how often idle sessions are looked for.
     """
 
     data_dir: Path
@@ -75,6 +77,7 @@ class ServerConfig:
     niivue: Path = field(default_factory=default_niivue)
     model_name: str = ""
     prompting: str = "newest"
+    sweep_seconds: float = 30.0
 
 
 # -- request bodies ----------------------------------------------------------------------------
@@ -118,11 +121,17 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
     sessions = store or SessionStore(
         model, config.limits, config.recovery_dir, prompting=config.prompting
     )
-    images: dict[str, bytes] = {}  # session id -> NIfTI bytes of its image (built once)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def sweep() -> None:  # idle sessions close even when nobody opens new ones
+            while True:
+                await asyncio.sleep(config.sweep_seconds)
+                await run_in_threadpool(sessions.expire)
+
+        sweeper = asyncio.create_task(sweep())
         yield
+        sweeper.cancel()
         sessions.shutdown()
 
     app = FastAPI(
@@ -294,16 +303,15 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
     def close_session(sid: str) -> Response:
         """Close a session (its autosave stays in the recovery folder)."""
         sessions.close(sid)
-        images.pop(sid, None)
         return Response(status_code=204)
 
     @app.get("/api/sessions/{sid}/image.nii.gz", dependencies=auth)
     def image(sid: str) -> Response:
         """The image as NIfTI (int16 or float32) with its voxel -> RAS affine, for viewers."""
         with session(sid) as a:
-            if sid not in images:
-                images[sid] = nifti_gz(display_image(a.volume), a.volume)
-            return Response(images[sid], media_type="application/gzip")
+            if a.display_nifti is None:  # built once per session, dropped with it
+                a.display_nifti = nifti_gz(display_image(a.volume), a.volume)
+            return Response(a.display_nifti, media_type="application/gzip")
 
     @app.get("/api/sessions/{sid}/overlay.nii.gz", dependencies=auth)
     def overlay(sid: str) -> Response:
