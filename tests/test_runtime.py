@@ -168,3 +168,33 @@ def test_session_prepares_the_runtime(tmp_path, monkeypatch) -> None:
     model = fastsam3d.load_model("test-tiny")
     assert isinstance(Session(model, runtime="openvino").model, ExportedModel)
     assert Session(model, runtime="torch").model is model
+
+
+@needs_exports
+def test_models_with_a_detail_refiner_run_on_every_runtime(tmp_path, gen) -> None:
+    import dataclasses
+
+    from fastsam3d.build import build_model
+    from fastsam3d.registry import get_spec
+
+    cfg = get_spec("test-tiny").config
+    cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, refine_channels=8))
+    model = build_model(cfg, seed=6).eval()
+    refiner = model.mask_decoder.refiner
+    assert refiner is not None
+    torch.nn.init.normal_(refiner.out.weight, std=0.1, generator=gen)  # a non-trivial refiner
+    image, points, labels = tiny_inputs(model, gen)
+    zeros = torch.zeros(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        emb = model.encode(image)
+        want = model.decode(emb, points, labels, zeros)[0]
+        for fast in (
+            onednn.optimize_for_cpu(model),
+            ExportedModel(model, "onnxruntime", cache_dir=tmp_path),
+            ExportedModel(model, "openvino", cache_dir=tmp_path),
+        ):
+            fast_emb = fast.encode(image)
+            assert fast_emb.shape == emb.shape
+            torch.testing.assert_close(fast_emb, emb, atol=1e-4, rtol=1e-4)
+            got = fast.decode(fast_emb, points, labels, mask_logits=zeros)[0]
+            torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)

@@ -17,6 +17,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, PathLike, read_checkpoint
 from .config import AttentionImpl, ModelConfig, SparseAttentionConfig
+from .modeling.detail import DetailRefiner
 from .modeling.layers import LayerNorm3d
 from .modeling.prompt_encoder import PositionEmbeddingRandom3D
 from .modeling.sam3d import Sam3D
@@ -79,6 +80,7 @@ def load_model(
     attn_impl: AttentionImpl | None = None,
     sparse: SparseAttentionConfig | Literal["keep"] | None = "keep",
     seed: int = 0,
+    fresh: Sequence[str] = (),
 ) -> Sam3D:
     """A model in eval mode with ``checkpoint``'s weights; without a checkpoint, the weights
     bundled with the entry (``fastsam3d-lite``) or, for entries without any, a random
@@ -94,7 +96,11 @@ def load_model(
         dtype: parameter dtype (float32 reproduces upstream).
         attn_impl: override the attention implementation (``"sdpa"`` / ``"eager"``).
         sparse: encoder sparse attention (weights trained densely lose accuracy under it).
-        seed: initialisation seed when ``checkpoint`` is None.
+        seed: initialisation seed when ``checkpoint`` is None (and of ``fresh`` parts).
+        fresh: state_dict prefixes the checkpoint may lack, e.g. ``"mask_decoder.refiner."``
+            to add a detail refiner to a trained model: those parts keep their initialisation
+            from ``seed`` (a refiner starts as the identity) and the checkpoint's architecture
+            may differ from ``name``'s by them; every other key must fit exactly.
 
     Raises:
         ValueError: unknown name. CheckpointError / UnsafeCheckpointError /
@@ -121,15 +127,27 @@ def load_model(
         base = report.model_config
     else:
         base = resolve_config(name)
-        if report.model_config is not None and not _same_architecture(base, report.model_config):
+        if (
+            report.model_config is not None
+            and not fresh
+            and not _same_architecture(base, report.model_config)
+        ):
             raise CheckpointMismatchError(
                 f"{report.files[0][0]} was written for model {report.model_name!r}, whose "
                 f"architecture differs from {_label(name)!r}"
             )
     cfg = resolve_config(base, attn_impl, sparse)
-    net = build_meta(cfg).to_empty(device="cpu")
-    check_state_dict(net, state, _label(name) if name is not None else report.model_name or "")
-    net.load_state_dict(state, strict=True)
+    label = _label(name) if name is not None else report.model_name or ""
+    if fresh:
+        net = build_model(cfg, seed=seed)
+        prefixes = tuple(fresh)
+        kept = {k: v for k, v in net.state_dict().items() if k.startswith(prefixes)}
+        check_state_dict(net, {**kept, **state}, label)
+        net.load_state_dict(state, strict=False)
+    else:
+        net = build_meta(cfg).to_empty(device="cpu")
+        check_state_dict(net, state, label)
+        net.load_state_dict(state, strict=True)
     return net.to(device=device, dtype=dtype).eval()
 
 
@@ -243,5 +261,8 @@ def init_weights(model: Sam3D, generator: torch.Generator) -> None:
         elif ".rel_pos_" in name:
             nn.init.zeros_(param)
             mark(param)
+    for module in model.modules():
+        if isinstance(module, DetailRefiner):
+            module.zero_output()  # a refiner added to a trained model changes nothing at first
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in done]
     assert not left, f"init_weights missed {left}"

@@ -442,7 +442,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     for name, ckpt in zip(models, ckpts, strict=True):
         random = ckpt == "random"
-        model = load_model(name, None if random else ckpt, device=device, seed=args.seed)
+        if name == "from-checkpoint" and random:
+            raise ValueError("--model from-checkpoint needs a checkpoint file, not 'random'")
+        arch = None if name == "from-checkpoint" else name
+        model = load_model(arch, None if random else ckpt, device=device, seed=args.seed)
         label = f"{name} (random weights)" if random else f"{name} ({Path(ckpt).name})"
         runtime = resolve(args.runtime, model)
         if runtime != "torch":
@@ -856,7 +859,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("amos", "nnunet", "totalseg", "brats", "manifest", "samples"),
         help="samples: DATA is a list of bundled samples, e.g. ct,mr",
     )
-    p.add_argument("--model", action="append", help="registry name (repeatable)")
+    p.add_argument(
+        "--model",
+        action="append",
+        help="registry name, or from-checkpoint (our checkpoints carry their architecture); "
+        "repeatable",
+    )
     p.add_argument("--checkpoint", action="append", help="checkpoint per --model, or 'random'")
     p.add_argument("--no-baseline", action="store_true", help="skip the random-walker baseline")
     p.add_argument("--clicks", type=_parse_clicks, default=(1, 3, 5, 10), help="e.g. 1,3,5,10")

@@ -203,9 +203,15 @@ class DecoderConfig:
     attn_impl: AttentionImpl = "sdpa"
     sparse: SparseAttentionConfig | None = None
     """Sparse attention for the token-to-image cross-attentions (keys = image tokens)."""
+    refine_channels: int = 0
+    """Width of the detail refiner (0: none, as upstream). With it, :meth:`Sam3D.encode` packs
+    the image's statistics on the logit grid into the embedding and a small dilated 3D conv net
+    corrects each mask's logits from them (:mod:`fastsam3d.modeling.detail`)."""
 
     def __post_init__(self) -> None:
         _check_choice("attn_impl", self.attn_impl, AttentionImpl)
+        if self.refine_channels < 0:
+            raise ValueError(f"refine_channels must be >= 0, got {self.refine_channels}")
         inner = self.transformer_dim // self.attention_downsample_rate
         if self.transformer_dim % self.num_heads or inner % self.num_heads:
             raise ValueError(

@@ -239,3 +239,19 @@ def test_cli_argument_errors(dataset, tmp_path, capsys) -> None:
 
 def test_cases_are_loaded_in_a_stable_order(dataset) -> None:
     assert [c.case_id for c in load_cases(dataset, "manifest")] == ["case0", "case1", "case2"]
+
+
+def test_models_from_their_own_checkpoints(dataset, tmp_path, capsys) -> None:
+    import fastsam3d
+    from fastsam3d.checkpoint import save_native
+
+    model = fastsam3d.load_model("test-tiny", seed=3)
+    path = save_native(tmp_path / "own.safetensors", model.state_dict(), model.cfg, None)
+    args = [a if a != "random" else str(path) for a in EVAL_ARGS]
+    args[args.index("test-tiny")] = "from-checkpoint"
+    out = tmp_path / "own"
+    assert main(["eval", str(dataset), *args, "--no-baseline", "--out", str(out)]) == 0
+    assert "from-checkpoint (own.safetensors)" in (out / "results.csv").read_text()
+    bad = [a if a != "test-tiny" else "from-checkpoint" for a in EVAL_ARGS]
+    assert main(["eval", str(dataset), *bad, "--out", str(tmp_path / "bad")]) == 2
+    assert "needs a checkpoint file" in capsys.readouterr().err

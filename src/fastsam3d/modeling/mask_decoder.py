@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AttentionImpl, DecoderConfig, SparseAttentionConfig
+from .detail import DetailRefiner
 from .layers import MLP, LayerNorm3d, MLPBlock
 from .sparse_attention import dilated_cross_attention
 
@@ -162,6 +163,7 @@ class MaskDecoder3D(nn.Module):
         self.iou_prediction_head = MLP(
             dim, cfg.iou_head_hidden_dim, self.num_mask_tokens, cfg.iou_head_depth
         )
+        self.refiner = DetailRefiner(cfg.refine_channels) if cfg.refine_channels else None
 
     def forward(
         self,
@@ -170,6 +172,7 @@ class MaskDecoder3D(nn.Module):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         multimask: bool,
+        detail: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode masks.
 
@@ -179,6 +182,8 @@ class MaskDecoder3D(nn.Module):
             sparse: ``(B, T, D)`` prompt tokens.
             dense: ``(B, D, G, G, G)`` dense prompt embedding.
             multimask: return the 3 multimask outputs instead of the single one.
+            detail: ``(B or 1, 4, 4G, 4G, 4G)`` image statistics on the logit grid (models
+                with a refiner only, see :mod:`fastsam3d.modeling.detail`).
 
         Returns:
             ``(logits (B, 1|M, 4G, 4G, 4G), iou (B, 1|M))``.
@@ -202,6 +207,10 @@ class MaskDecoder3D(nn.Module):
         bu, cu, *spatial = upscaled.shape
         masks = (hyper @ upscaled.view(bu, cu, -1)).view(bu, -1, *spatial)
         iou = self.iou_prediction_head(iou_out)
-        if multimask:
-            return masks[:, 1:], iou[:, 1:]
-        return masks[:, :1], iou[:, :1]
+        chosen = slice(1, None) if multimask else slice(0, 1)
+        masks, iou = masks[:, chosen], iou[:, chosen]
+        if self.refiner is not None:  # only the masks returned
+            if detail is None:
+                raise ValueError("this decoder refines masks from image detail: pass detail")
+            masks = self.refiner(masks, detail)
+        return masks, iou

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .detail import N_STATS, image_detail, pack, unpack
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
@@ -46,9 +47,33 @@ class Sam3D(nn.Module):
                 released weights).
 
         Returns:
-            ``(B, D, G, G, G)``; ``(B, 384, 8, 8, 8)`` for the released models.
+            ``(B, D, G, G, G)``; ``(B, 384, 8, 8, 8)`` for the released models. Models with a
+            detail refiner append ``4 * 4^3`` channels: the image's statistics on the logit
+            grid (:mod:`~fastsam3d.modeling.detail`).
         """
-        return self.image_encoder(image.to(self.dtype))
+        image = image.to(self.dtype)
+        embedding = self.image_encoder(image)
+        if self.mask_decoder.refiner is None:
+            return embedding
+        low = self.cfg.low_res_size
+        detail = image_detail(image, image.shape[-1] // low)
+        return torch.cat([embedding, pack(detail, low // self.cfg.embedding_grid)], dim=1)
+
+    def split_embedding(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`encode`'s output -> ``(ViT embedding (B, D, G, G, G), detail (B, 4, 4G, 4G, 4G)
+        or None)``."""
+        if self.mask_decoder.refiner is None:
+            return embedding, None
+        d, g = self.cfg.prompt.embed_dim, self.cfg.embedding_grid
+        return embedding[:, :d], unpack(embedding[:, d:], self.cfg.low_res_size // g)
+
+    @property
+    def embedding_channels(self) -> int:
+        """Channels of :meth:`encode`'s output (the ViT's, plus packed detail if any)."""
+        extra = 0
+        if self.mask_decoder.refiner is not None:
+            extra = N_STATS * (self.cfg.low_res_size // self.cfg.embedding_grid) ** 3
+        return self.cfg.prompt.embed_dim + extra
 
     def prompt_embeddings(
         self,
@@ -94,7 +119,7 @@ class Sam3D(nn.Module):
         sparse, dense = self.prompt_embeddings(points, labels, mask_logits)
         b = points.shape[0]
         g = self.cfg.embedding_grid
-        expected = (self.cfg.prompt.embed_dim, g, g, g)
+        expected = (self.embedding_channels, g, g, g)
         if embedding.dim() != 5 or tuple(embedding.shape[1:]) != expected:
             raise ValueError(
                 f"embedding must be (B, {', '.join(map(str, expected))}), "
@@ -105,12 +130,14 @@ class Sam3D(nn.Module):
                 f"embedding batch {embedding.shape[0]} does not match {b} prompt sets "
                 "(use the same batch or 1)"
             )
+        embedding, detail = self.split_embedding(embedding.to(self.dtype))
         return self.mask_decoder(
-            embedding.to(self.dtype),
+            embedding,
             self.prompt_encoder.dense_pe(),
             sparse,
             dense,
             multimask,
+            detail,
         )
 
     def forward(

@@ -67,6 +67,17 @@ def weights_digest(model: Sam3D) -> str:
     return digest.hexdigest()[:16]
 
 
+class _Encoder(nn.Module):
+    """``Sam3D.encode`` as a module (the ViT plus, for refiner models, the packed detail)."""
+
+    def __init__(self, model: Sam3D) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(image)
+
+
 class _Decoder(nn.Module):
     """The graph exported for clicks: prompt encoder + mask decoder, single-mask output."""
 
@@ -82,8 +93,9 @@ class _Decoder(nn.Module):
         mask_logits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         sparse, dense = self.model.prompt_encoder(points, labels, mask_logits)
+        vit, detail = self.model.split_embedding(embedding)
         return self.model.mask_decoder(
-            embedding, self.model.prompt_encoder.dense_pe(), sparse, dense, False
+            vit, self.model.prompt_encoder.dense_pe(), sparse, dense, False, detail
         )
 
 
@@ -92,7 +104,7 @@ def export_onnx(model: Sam3D, folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     encoder_path, decoder_path = folder / "encoder.onnx", folder / "decoder.onnx"
     cfg = model.cfg
-    s, g, low, d = cfg.image_size, cfg.embedding_grid, cfg.low_res_size, cfg.prompt.embed_dim
+    s, g, low, d = cfg.image_size, cfg.embedding_grid, cfg.low_res_size, model.embedding_channels
     model = model.eval().float()
     import warnings
 
@@ -101,7 +113,7 @@ def export_onnx(model: Sam3D, folder: Path) -> tuple[Path, Path]:
         if not encoder_path.exists():
             tmp = folder / ".encoder.onnx.tmp"
             torch.onnx.export(
-                model.image_encoder,
+                _Encoder(model),
                 (torch.zeros(1, 1, s, s, s),),
                 str(tmp),
                 opset_version=17,

@@ -114,6 +114,9 @@ class ModelSpecConfig:
     """Encoder sparse attention as ``[[segment_length, dilation], ...]`` (empty: dense)."""
     init: Literal["random", "teacher"] = "random"
     """Students: ``teacher`` copies every teacher tensor whose shape fits (paired blocks)."""
+    fresh: tuple[str, ...] = ()
+    """State-dict prefixes ``checkpoint`` may lack (new parts, e.g. ``mask_decoder.refiner.``),
+    initialised from the run's seed; see :func:`fastsam3d.load_model`."""
 
     def model_config(self) -> ModelConfig:
         """The architecture: the registry entry with the overrides applied."""

@@ -141,7 +141,9 @@ class Trainer:
     def _load(self, spec: Any) -> Sam3D:
         cfg = spec.model_config()
         ckpt = list(spec.checkpoint) or None
-        return load_model(cfg, ckpt, device=self.device, seed=self.config.run.seed)
+        return load_model(
+            cfg, ckpt, device=self.device, seed=self.config.run.seed, fresh=spec.fresh
+        )
 
     def _build_train(self) -> None:
         c = self.config

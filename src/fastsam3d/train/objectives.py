@@ -152,7 +152,8 @@ class InteractiveStep(nn.Module):
         with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
             embedding = model.encode(image)
         weight = self.config.embedding_loss_weight
-        aux = prototype_loss(embedding, target) if weight and encoder_trains else None
+        vit = embedding[:, : model.cfg.prompt.embed_dim]  # without packed image detail
+        aux = prototype_loss(vit, target) if weight and encoder_trains else None
         if per_region > 1:
             embedding = embedding.repeat_interleave(per_region, dim=0)
         target = target.reshape(-1, 1, *target.shape[2:])
