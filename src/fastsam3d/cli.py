@@ -661,6 +661,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token=token,
         model_name=args.model + (f" ({args.checkpoint})" if args.checkpoint else ""),
         prompting=args.prompting,
+        recovery_days=args.recovery_days,
     )
     app = create_app(model, config)
     if not config.niivue.is_file():
@@ -945,6 +946,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--recovery-dir",
         default=str(Path.home() / ".cache" / "fastsam3d" / "recovery"),
         help="autosave of every session's label map ('' to turn off)",
+    )
+    p.add_argument(
+        "--recovery-days", type=float, default=14.0, help="delete older autosaves at start"
     )
     p.add_argument("--token", help="require this access token (default: $FASTSAM3D_TOKEN if set)")
     p.add_argument("--max-sessions", type=int, default=16)

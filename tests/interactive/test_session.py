@@ -331,3 +331,20 @@ def test_clicks_too_far_apart_for_one_region() -> None:
     session.add_click((58, 48, 38), predict=False)
     with pytest.raises(ValueError, match="too far apart"):
         session.predict()
+
+
+def test_set_mask_starts_from_an_existing_mask() -> None:
+    session, volume = _tiny_session()
+    session.add_click((30, 25, 20))
+    start = np.zeros(volume.shape, bool)
+    start[5:10, 5:10, 5:10] = True
+    session.set_mask(start.astype(np.uint8))
+    assert np.array_equal(session.mask, start)
+    assert session.prompts == ()
+    assert not session.can_undo
+    result = session.add_click((40, 40, 30))  # a click recomputes its region only ...
+    assert result is not None
+    assert result.new_region
+    assert session.mask[5:10, 5:10, 5:10].all()  # ... which does not reach this block
+    with pytest.raises(ValueError, match="differs from the image"):
+        session.set_mask(np.zeros((2, 2, 2), bool))

@@ -574,3 +574,66 @@ def test_idle_sessions_close_without_new_requests(model, data_dir: Path) -> None
         while sid in store.ids() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sid not in store.ids()
+
+
+def test_restore_an_autosave_after_a_restart(model, data_dir: Path) -> None:
+    recovery = data_dir.parent / "recovery"
+    with _client(model, data_dir) as first:
+        sid = _open(first)
+        _click(first, sid, (20, 18, 15))
+        first.post(f"/api/sessions/{sid}/objects", json={"name": "lesion"})
+        _click(first, sid, (12, 10, 10))
+        up = first.post("/api/sessions/upload?filename=up.nii.gz", content=_nifti_bytes(_image()))
+        uid = up.json()["id"]
+        _click(first, uid, (20, 18, 15))
+        first.app.state.sessions.flush()
+        labels, up_labels = _labels(first, sid), _labels(first, uid)
+    # a new server on the same folders: the annotations come back
+    with _client(model, data_dir) as second:
+        listed = {s["id"]: s for s in second.get("/api/recovery").json()["sessions"]}
+        assert listed[sid]["open"] is False
+        assert [o["name"] for o in listed[sid]["objects"]] == ["object 1", "lesion"]
+        assert listed[uid]["uploaded"] is True
+        r = second.post(f"/api/recovery/{sid}/restore")
+        assert r.status_code == 201, r.text
+        state = r.json()
+        assert state["restored_from"] == sid
+        assert state["source"] == "scan.nii.gz"
+        assert [(o["label"], o["name"]) for o in state["objects"]] == [
+            (1, "object 1"),
+            (2, "lesion"),
+        ]
+        assert all(o["clicks"] == [] for o in state["objects"])
+        assert np.array_equal(_labels(second, state["id"]), labels)
+        # the restored objects can be refined and saved like any other
+        assert _click(second, state["id"], (22, 18, 15), object=1)["labelled_voxels"] > 0
+        assert second.post(f"/api/sessions/{state['id']}/save", json={}).status_code == 200
+        restored_upload = second.post(f"/api/recovery/{uid}/restore").json()
+        assert restored_upload["uploaded"] is True
+        assert np.array_equal(_labels(second, restored_upload["id"]), up_labels)
+        assert second.post("/api/recovery/nothing/restore").status_code == 404
+    assert (recovery / uid / "upload" / "up.nii.gz").is_file()
+
+
+def test_old_autosaves_are_pruned_at_start(model, data_dir: Path) -> None:
+    import os
+
+    old = data_dir.parent / "recovery" / "old-session"
+    old.mkdir(parents=True)
+    (old / "session.json").write_text("{}")
+    (old / "labels.nii.gz").write_bytes(b"")
+    os.utime(old / "session.json", (1e9, 1e9))
+    with _client(model, data_dir, recovery_days=1.0) as c:
+        assert c.get("/api/recovery").json()["sessions"] == []
+    assert not old.exists()
+
+
+def test_autosave_follows_object_names(client: TestClient, data_dir: Path) -> None:
+    sid = _open(client)
+    client.post(f"/api/sessions/{sid}/objects", json={"name": "first"})
+    client.app.state.sessions.flush()
+    client.patch(f"/api/sessions/{sid}/objects/1", json={"name": "renamed"})
+    client.post(f"/api/sessions/{sid}/objects", json={"name": "empty"})
+    client.app.state.sessions.flush()
+    meta = json.loads((data_dir.parent / "recovery" / sid / "session.json").read_text())
+    assert [o["name"] for o in meta["objects"]] == ["renamed", "empty"]

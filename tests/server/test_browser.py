@@ -248,3 +248,63 @@ def test_second_object_and_bad_upload(page) -> None:
     assert page.evaluate("window.fastsam3d.sessionId") == sid
     assert _overlay(page) == before
     page.screenshot(path=str(ARTIFACTS / "06-bad-upload.png"))
+
+
+def test_restore_a_closed_session_from_its_autosave(server, page) -> None:
+    url, _ = server
+    before_sid = page.evaluate("window.fastsam3d.sessionId")
+    state = httpx.get(f"{url}/api/sessions/{before_sid}").json()
+    first = next(o for o in state["objects"] if o["label"] == 1)
+    expected = int(np.count_nonzero(_server_labels(url, before_sid)))
+    # opening the scan again closes the current session; its autosave becomes restorable
+    page.click("#open-btn")
+    page.wait_for_function(f"window.fastsam3d.sessionId !== '{before_sid}'", timeout=60_000)
+    page.wait_for_function(
+        f"[...document.querySelectorAll('#restore-select option')]"
+        f".some(o => o.value === '{before_sid}')",
+        timeout=30_000,
+    )
+    page.select_option("#restore-select", before_sid)
+    reopened = page.evaluate("window.fastsam3d.sessionId")
+    page.click("#restore-btn")
+    page.wait_for_function(f"window.fastsam3d.sessionId !== '{reopened}'", timeout=60_000)
+    page.wait_for_function(f"window.fastsam3d.overlayVoxels === {expected}", timeout=30_000)
+    names = page.locator("#objects li .name").all_inner_texts()
+    assert names == [o["name"] for o in state["objects"]]  # the empty second object too
+    assert names[0] == first["name"]
+    page.screenshot(path=str(ARTIFACTS / "07-restored.png"))
+    assert page.errors == []
+
+
+def test_missing_niivue_is_explained_in_the_page(page, tmp_path) -> None:
+    port = _free_port()
+    env = {**os.environ, "FASTSAM3D_NIIVUE": str(tmp_path / "missing.js")}
+    cmd = [sys.executable, "-m", "fastsam3d.cli", "serve", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--recovery-dir", ""], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        pg = page.context.browser.new_page()  # the module's browser, a second tab
+        try:
+            pg.goto(url)
+            pg.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            text = pg.inner_text("#error")
+            assert "NiiVue is not installed" in text
+            assert "scripts/setup.sh" in text
+            pg.screenshot(path=str(ARTIFACTS / "08-niivue-missing.png"))
+        finally:
+            pg.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -384,6 +384,17 @@ class Session:
         del self._clicks[len(self._clicks) - step.n_clicks :]
         return True
 
+    def set_mask(self, mask: np.ndarray) -> None:
+        """Start from an existing ``(I, J, K)`` mask on the image's grid (an imported or
+        recovered label); forgets clicks and history, keeps cached embeddings. Later clicks
+        recompute the voxels of their region as usual."""
+        volume = self.volume
+        array = np.asarray(mask)
+        if array.shape != volume.shape:
+            raise ValueError(f"mask shape {array.shape} differs from the image {volume.shape}")
+        self._clear_prompts()
+        self._mask = array.astype(bool, copy=True)
+
     @property
     def can_undo(self) -> bool:
         """Whether :meth:`undo` has something to take back."""

@@ -134,17 +134,21 @@ class Annotation:
         self.lock = threading.Lock()
         self.created = time.time()
         self.touched = time.monotonic()
-        self.revision = 0  # bumped by every change of the label map
+        self.revision = 0  # bumped by every change of the label map or its legend
         self.display_nifti: bytes | None = None  # the image as NIfTI for viewers (server cache)
 
     # -- objects ----------------------------------------------------------------------------
 
-    def add_object(self, name: str | None = None) -> AnnotatedObject:
-        """A new, empty object with the smallest free label value; it becomes the active one."""
+    def add_object(self, name: str | None = None, label: int | None = None) -> AnnotatedObject:
+        """A new, empty object (label value ``label``, default the smallest free one); it
+        becomes the active one."""
         used = {o.label for o in self.objects}
-        label = next((v for v in range(1, MAX_LABEL + 1) if v not in used), None)
         if label is None:
-            raise AnnotationError(f"at most {MAX_LABEL} objects per session")
+            label = next((v for v in range(1, MAX_LABEL + 1) if v not in used), None)
+            if label is None:
+                raise AnnotationError(f"at most {MAX_LABEL} objects per session")
+        elif not 1 <= label <= MAX_LABEL or label in used:
+            raise AnnotationError(f"label value {label} is taken or outside 1..{MAX_LABEL}")
         name = (name or "").strip() or f"object {label}"
         _check_name(name)
         session = Session(
@@ -154,6 +158,7 @@ class Annotation:
         obj = AnnotatedObject(label, name, session)
         self.objects.append(obj)
         self.active = label
+        self.revision += 1
         return obj
 
     def get(self, label: int | None = None) -> AnnotatedObject:
@@ -178,6 +183,7 @@ class Annotation:
         _check_name(name)
         obj = self.get(label)
         obj.name = name
+        self.revision += 1
         return obj
 
     def remove(self, label: int) -> None:
@@ -185,6 +191,21 @@ class Annotation:
         self.objects.remove(obj)
         if self.active == label:
             self.active = self.objects[-1].label if self.objects else None
+        self.revision += 1
+
+    def import_labels(self, labels: np.ndarray, names: dict[int, str] | None = None) -> None:
+        """One object per non-zero value of an ``(I, J, K)`` label map on the image's grid, its
+        mask set from the map (no clicks to undo); ``names`` by label value (named values
+        absent from the map become empty objects)."""
+        if labels.shape != self.volume.shape:
+            raise AnnotationError(
+                f"label map shape {labels.shape} differs from the image {self.volume.shape}"
+            )
+        names = names or {}
+        values = {int(v) for v in np.unique(labels) if v != 0} | set(names)
+        for value in sorted(values):
+            obj = self.add_object(names.get(value), label=value)
+            obj.session.set_mask(labels == value)
         self.revision += 1
 
     # -- clicks -----------------------------------------------------------------------------

@@ -68,6 +68,7 @@ class ServerConfig:
         model_name: shown by ``/api/health``.
         prompting: ``"newest"`` or ``"all"`` clicks per prediction.
         sweep_seconds: how often idle sessions are looked for.
+        recovery_days: autosaves older than this are deleted when the server starts.
     """
 
     data_dir: Path
@@ -78,6 +79,7 @@ class ServerConfig:
     model_name: str = ""
     prompting: str = "newest"
     sweep_seconds: float = 30.0
+    recovery_days: float = 14.0
 
 
 # -- request bodies ----------------------------------------------------------------------------
@@ -121,6 +123,9 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
     sessions = store or SessionStore(
         model, config.limits, config.recovery_dir, prompting=config.prompting
     )
+    pruned = sessions.prune_recovery(config.recovery_days)
+    if pruned:
+        log.info("deleted %d autosaves older than %s days", len(pruned), config.recovery_days)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -228,15 +233,56 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
         """Autosaved sessions in the recovery folder (label maps survive a restart)."""
         return {"recovery_dir": str(config.recovery_dir or ""), "sessions": sessions.recovered()}
 
+    def autosave_folder(rid: str) -> Path:
+        if config.recovery_dir is None or not rid.replace("-", "").replace("_", "").isalnum():
+            raise HTTPException(404, f"no autosave {rid!r}")
+        folder = config.recovery_dir / rid
+        if not (folder / "labels.nii.gz").is_file() or not (folder / "session.json").is_file():
+            raise HTTPException(404, f"no autosave {rid!r} in {config.recovery_dir}")
+        return folder
+
     @app.get("/api/recovery/{rid}/labels.nii.gz", dependencies=auth)
     def recovered_labels(rid: str) -> FileResponse:
         """Download an autosaved label map."""
-        if config.recovery_dir is None or not rid.replace("-", "").replace("_", "").isalnum():
-            raise HTTPException(404, f"no autosave {rid!r}")
-        path = config.recovery_dir / rid / "labels.nii.gz"
-        if not path.is_file():
-            raise HTTPException(404, f"no autosave {rid!r} in {config.recovery_dir}")
+        path = autosave_folder(rid) / "labels.nii.gz"
         return FileResponse(path, media_type="application/gzip", filename=f"{rid}_labels.nii.gz")
+
+    @app.post("/api/recovery/{rid}/restore", status_code=201, dependencies=auth)
+    def restore(rid: str) -> dict[str, Any]:
+        """A new session on an autosave's image with its objects (names, label values, masks;
+        click histories are not restored). The autosave itself is kept."""
+        folder = autosave_folder(rid)
+        try:
+            meta = json.loads((folder / "session.json").read_text())
+            source = str(meta["source"])
+            names = {int(o["label"]): str(o["name"]) for o in meta.get("objects", [])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise HTTPException(422, f"autosave {rid}: unreadable session.json ({exc})") from exc
+        uploaded = bool(meta.get("uploaded"))
+        if uploaded:
+            image_path = sessions.recovery_image(rid)
+            if image_path is None:
+                raise HTTPException(409, f"autosave {rid}: the uploaded image was not kept")
+        else:
+            image_path = _inside(data_dir, source)
+        try:
+            volume = read_volume(image_path)
+            labels = np.asarray(read_volume(folder / "labels.nii.gz").array)
+        except VolumeError as exc:
+            raise HTTPException(422, f"autosave {rid}: {exc}") from exc
+        _check_image(volume, source, config.limits)
+        if labels.shape != volume.shape or labels.dtype.kind not in "iu" or labels.max() > 255:
+            raise HTTPException(
+                422, f"autosave {rid}: its label map does not fit the image {volume.shape}"
+            )
+        sid = sessions.open(volume, source, uploaded=uploaded)
+        annotation = sessions.get(sid)
+        with annotation.lock:
+            annotation.import_labels(labels.astype(np.uint8), names)
+            sessions.autosave(sid, annotation)
+            out = state(sid, annotation)
+        out["restored_from"] = rid
+        return out
 
     # -- sessions -------------------------------------------------------------------------
 

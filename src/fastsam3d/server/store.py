@@ -103,8 +103,19 @@ class SessionStore:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def open(self, volume: Volume, source: str, upload_dir: Path | None = None) -> str:
+    def open(
+        self,
+        volume: Volume,
+        source: str,
+        upload_dir: Path | None = None,
+        *,
+        uploaded: bool | None = None,
+    ) -> str:
         """A new session on ``volume``; returns its id.
+
+        ``upload_dir``: the folder holding an uploaded image (removed when the session closes;
+        its file is kept in the recovery folder so an autosave can be restored).
+        ``uploaded``: default ``upload_dir is not None``.
 
         Raises:
             SessionLimitError: ``max_sessions`` are open and none has idled out.
@@ -122,7 +133,7 @@ class SessionStore:
                 volume,
                 self.model,
                 source=source,
-                uploaded=upload_dir is not None,
+                uploaded=upload_dir is not None if uploaded is None else uploaded,
                 prompting="all" if self.prompting == "all" else "newest",
                 history=self.limits.history,
                 run=self.run_model,
@@ -131,6 +142,11 @@ class SessionStore:
             self._sessions[sid] = annotation
             if upload_dir is not None:
                 self._uploads[sid] = upload_dir
+        if upload_dir is not None and self.recovery_dir is not None:
+            keep = self.recovery_dir / sid / "upload"
+            keep.mkdir(parents=True, exist_ok=True)
+            for file in upload_dir.iterdir():
+                shutil.copy2(file, keep / file.name)
         log.info("session %s opened on %s", sid, source)
         return sid
 
@@ -214,6 +230,25 @@ class SessionStore:
         """Wait until queued autosaves are written."""
         self._saver.submit(lambda: None).result()
 
+    def recovery_image(self, rid: str) -> Path | None:
+        """The kept copy of an autosaved session's uploaded image, if any."""
+        if self.recovery_dir is None:
+            return None
+        files = sorted((self.recovery_dir / rid / "upload").glob("*"))
+        return files[0] if files else None
+
+    def prune_recovery(self, days: float) -> list[str]:
+        """Delete autosaves not written for ``days`` days; returns their ids."""
+        if self.recovery_dir is None or not self.recovery_dir.is_dir():
+            return []
+        cutoff = time.time() - days * 86400
+        gone = []
+        for meta in self.recovery_dir.glob("*/session.json"):
+            if meta.stat().st_mtime < cutoff and meta.parent.name not in self._sessions:
+                shutil.rmtree(meta.parent, ignore_errors=True)
+                gone.append(meta.parent.name)
+        return gone
+
     def recovered(self) -> list[dict[str, Any]]:
         """Autosaves found in the recovery folder (this run's and earlier runs')."""
         if self.recovery_dir is None or not self.recovery_dir.is_dir():
@@ -234,6 +269,7 @@ class SessionStore:
                         for o in meta.get("objects", [])
                     ],
                     "open": meta_path.parent.name in self._sessions,
+                    "uploaded": bool(meta.get("uploaded")),
                 }
             )
         return found

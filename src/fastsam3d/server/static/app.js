@@ -1,7 +1,7 @@
 // fastsam3d web viewer: NiiVue (from npm, served by the server) + the fastsam3d HTTP API.
 // Clicks on a 2D slice are sent in world RAS mm; the label map comes back as raw uint8 voxels in
 // NIfTI order and is copied into the overlay volume that was loaded from overlay.nii.gz.
-import { Niivue, SLICE_TYPE, SHOW_RENDER } from "/vendor/niivue.js";
+let niivue = null; // the NiiVue module, imported below (a missing install gets a clear message)
 
 const token = new URLSearchParams(location.search).get("token");
 const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
@@ -82,8 +82,24 @@ function labelColormap(objects) {
   return { R, G, B, A, I, labels };
 }
 
+async function loadNiivue() {
+  if (niivue) return niivue;
+  try {
+    niivue = await import("/vendor/niivue.js");
+  } catch (error) {
+    let detail = String(error);
+    try {
+      const response = await fetch("/vendor/niivue.js", { method: "GET" });
+      if (!response.ok) detail = (await response.json()).detail;
+    } catch (_) { /* keep the import error */ }
+    throw new Error(`the viewer cannot start: ${detail}`);
+  }
+  return niivue;
+}
+
 async function openViewer() {
   if (app.nv) return app.nv;
+  const { Niivue, SLICE_TYPE, SHOW_RENDER } = await loadNiivue();
   const nv = new Niivue({
     backColor: [0.07, 0.07, 0.07, 1],
     show3Dcrosshair: true,
@@ -288,6 +304,32 @@ async function listFiles() {
   }
 }
 
+async function listAutosaves() {
+  const data = await api("GET", "/api/recovery");
+  const select = $("restore-select");
+  select.replaceChildren();
+  for (const entry of data.sessions) {
+    if (entry.open) continue;
+    const option = document.createElement("option");
+    option.value = entry.id;
+    const when = entry.saved_at ? new Date(entry.saved_at * 1000).toLocaleString() : "?";
+    const names = entry.objects.map((o) => o.name).join(", ") || "no objects";
+    option.textContent = `${entry.source} (${when}): ${names}`;
+    select.append(option);
+  }
+  $("restore-btn").disabled = select.options.length === 0;
+}
+
+async function restore(id) {
+  if (!id) return;
+  setStatus(`restoring ${id} ...`);
+  const state = await api("POST", `/api/recovery/${id}/restore`);
+  await closeCurrent();
+  await loadSession(state);
+  showError(null);
+  await listAutosaves();
+}
+
 async function closeCurrent() {
   if (!app.sessionId) return;
   const id = app.sessionId;
@@ -301,6 +343,7 @@ async function openPath(path) {
   await closeCurrent();
   await loadSession(state);
   showError(null);
+  await listAutosaves();
 }
 
 async function upload(file) {
@@ -309,6 +352,7 @@ async function upload(file) {
   await closeCurrent();
   await loadSession(state);
   showError(null);
+  await listAutosaves();
 }
 
 async function save() {
@@ -341,10 +385,12 @@ $("reset-btn").addEventListener("click", () => queue(() => history("reset")));
 $("save-btn").addEventListener("click", () => queue(save));
 $("new-object-btn").addEventListener("click", () => queue(newObject));
 $("render-btn").addEventListener("click", toggleRender);
+$("restore-btn").addEventListener("click", () => queue(() => restore($("restore-select").value)));
 
 // the 3D render tile costs most of the drawing time without a GPU (software WebGL)
 function toggleRender() {
-  if (!app.nv) return;
+  if (!app.nv || !niivue) return;
+  const { SHOW_RENDER } = niivue;
   const on = app.nv.opts.multiplanarShowRender !== SHOW_RENDER.NEVER;
   app.nv.opts.multiplanarShowRender = on ? SHOW_RENDER.NEVER : SHOW_RENDER.ALWAYS;
   $("render-btn").textContent = on ? "3D: off" : "3D: on";
@@ -371,6 +417,8 @@ document.addEventListener("keydown", (event) => {
 
 queue(async () => {
   await listFiles();
+  await listAutosaves();
+  await loadNiivue();
   const wanted = new URLSearchParams(location.search).get("open");
   if (wanted) await openPath(wanted);
   app.ready = true;
