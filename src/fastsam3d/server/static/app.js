@@ -133,6 +133,8 @@ async function loadSession(state) {
   }
   applyState(state);
   await refreshOverlay(state.revision);
+  const select = $("file-select");
+  if ([...select.options].some((o) => o.value === state.source)) select.value = state.source;
   setStatus(`${state.source}: ${state.shape.join("x")} voxels, ` +
     `${state.spacing.map((s) => s.toFixed(2)).join("x")} mm, ${state.orientation}`);
 }
