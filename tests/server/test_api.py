@@ -637,3 +637,36 @@ def test_autosave_follows_object_names(client: TestClient, data_dir: Path) -> No
     client.app.state.sessions.flush()
     meta = json.loads((data_dir.parent / "recovery" / sid / "session.json").read_text())
     assert [o["name"] for o in meta["objects"]] == ["renamed", "empty"]
+
+
+def _box_update(client: TestClient, sid: str, since: int) -> tuple[str, bytes, int]:
+    r = client.get(f"/api/sessions/{sid}/labels?since={since}")
+    assert r.status_code == 200
+    return r.headers["x-box"], r.content, int(r.headers["x-revision"])
+
+
+def test_label_updates_send_only_the_changed_box(client: TestClient) -> None:
+    sid = _open(client)
+    held = _labels(client, sid).copy()  # what a viewer holds, at revision 0
+    revision = 0
+    for point, positive in (((20, 18, 15), True), ((24, 20, 15), False), ((5, 5, 5), True)):
+        _click(client, sid, point, positive=positive)
+        box, data, revision_now = _box_update(client, sid, revision)
+        bounds = [int(v) for v in box.split(",")]
+        assert bounds != [0, SHAPE[0], 0, SHAPE[1], 0, SHAPE[2]]  # a part of the grid
+        sl = tuple(slice(bounds[2 * a], bounds[2 * a + 1]) for a in range(3))
+        held[sl] = decode_compact(data, tuple(s.stop - s.start for s in sl))
+        assert np.array_equal(held, _labels(client, sid))
+        revision = revision_now
+    # a rename changes no voxel: an empty update
+    client.patch(f"/api/sessions/{sid}/objects/1", json={"name": "x"})
+    box, data, revision = _box_update(client, sid, revision)
+    assert box == ""
+    assert data == b""
+    # an unknown or future revision gets the whole grid
+    assert _box_update(client, sid, revision + 5)[0] == f"0,{SHAPE[0]},0,{SHAPE[1]},0,{SHAPE[2]}"
+    # undo recomposes the whole grid
+    client.post(f"/api/sessions/{sid}/undo")
+    box, data, _ = _box_update(client, sid, revision)
+    assert box == f"0,{SHAPE[0]},0,{SHAPE[1]},0,{SHAPE[2]}"
+    assert np.array_equal(decode_compact(data, SHAPE), _labels(client, sid))

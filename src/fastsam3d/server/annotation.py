@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,10 +22,11 @@ from typing import Any, Literal
 import numpy as np
 
 from ..data.volume import Volume, WorldConvention, orientation_codes
-from ..interactive.session import Click, Session
+from ..interactive.session import Box3, Click, Session
 
 PointFrame = Literal["voxel", "ras", "lps"]
 MAX_LABEL = 255
+ALL = object()  # "every voxel may have changed"
 
 # Distinct colours (RGB 0-255) for label values 1, 2, ... (cycled).
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -135,6 +137,9 @@ class Annotation:
         self.created = time.time()
         self.touched = time.monotonic()
         self.revision = 0  # bumped by every change of the label map or its legend
+        self._labels = np.zeros(volume.shape, dtype=np.uint8)
+        # (revision, box of changed voxels or None) of the recent changes, oldest first
+        self._changes: deque[tuple[int, Box3 | None]] = deque([(0, None)], maxlen=256)
         self.display_nifti: bytes | None = None  # the image as NIfTI for viewers (server cache)
 
     # -- objects ----------------------------------------------------------------------------
@@ -158,7 +163,7 @@ class Annotation:
         obj = AnnotatedObject(label, name, session)
         self.objects.append(obj)
         self.active = label
-        self.revision += 1
+        self._changed(None)
         return obj
 
     def get(self, label: int | None = None) -> AnnotatedObject:
@@ -183,7 +188,7 @@ class Annotation:
         _check_name(name)
         obj = self.get(label)
         obj.name = name
-        self.revision += 1
+        self._changed(None)
         return obj
 
     def remove(self, label: int) -> None:
@@ -191,7 +196,7 @@ class Annotation:
         self.objects.remove(obj)
         if self.active == label:
             self.active = self.objects[-1].label if self.objects else None
-        self.revision += 1
+        self._changed(ALL)
 
     def import_labels(self, labels: np.ndarray, names: dict[int, str] | None = None) -> None:
         """One object per non-zero value of an ``(I, J, K)`` label map on the image's grid, its
@@ -206,7 +211,7 @@ class Annotation:
         for value in sorted(values):
             obj = self.add_object(names.get(value), label=value)
             obj.session.set_mask(labels == value)
-        self.revision += 1
+        self._changed(ALL)
 
     # -- clicks -----------------------------------------------------------------------------
 
@@ -235,7 +240,7 @@ class Annotation:
         assert result is not None
         obj.redo.clear()
         self.active = obj.label
-        self.revision += 1
+        self._changed(result.changed)
         return ClickOutcome(
             obj.label, obj.voxels, result.new_region, result.iou, dict(result.timings_ms)
         )
@@ -249,7 +254,7 @@ class Annotation:
             raise AnnotationError(f"nothing to undo for object {obj.label} ({obj.name}){more}")
         removed = clicks[len(obj.session.prompts) :]
         obj.redo.extend(reversed(removed))
-        self.revision += 1
+        self._changed(ALL)
         return obj
 
     def redo(self, label: int | None = None) -> AnnotatedObject:
@@ -268,18 +273,51 @@ class Annotation:
         obj = self.get(label)
         obj.session.reset()
         obj.redo.clear()
-        self.revision += 1
+        self._changed(ALL)
         return obj
 
     # -- output -----------------------------------------------------------------------------
 
     def label_map(self) -> np.ndarray:
         """``(I, J, K)`` uint8 label map: 0 background, each object's label value where its mask
-        is set (later objects win where masks overlap)."""
-        labels = np.zeros(self.volume.shape, dtype=np.uint8)
-        for obj in self.objects:
-            labels[obj.session.mask] = obj.label
-        return labels
+        is set (later objects win where masks overlap). Kept up to date box by box; the array
+        returned is read-only and changes with the annotation (copy it to keep a snapshot)."""
+        view = self._labels.view()
+        view.flags.writeable = False
+        return view
+
+    def changed_since(self, revision: int) -> Box3 | None:
+        """Index box holding every voxel of the label map that changed after ``revision``
+        (``None``: none changed; the whole grid when ``revision`` is unknown or too old)."""
+        full = tuple(slice(0, n) for n in self.volume.shape)
+        if revision == self.revision:
+            return None
+        if revision > self.revision or revision < self._changes[0][0] - 1:
+            return (full[0], full[1], full[2])
+        boxes = [box for rev, box in self._changes if rev > revision and box is not None]
+        if not boxes:
+            return None
+        lo = np.min([[b.start for b in box] for box in boxes], axis=0)
+        hi = np.max([[b.stop for b in box] for box in boxes], axis=0)
+        return (
+            slice(int(lo[0]), int(hi[0])),
+            slice(int(lo[1]), int(hi[1])),
+            slice(int(lo[2]), int(hi[2])),
+        )
+
+    def _changed(self, box: Box3 | object | None) -> None:
+        """A new revision: voxels changed in ``box`` (``ALL``: anywhere; ``None``: only the
+        object list or names). Recomposes the label map there."""
+        self.revision += 1
+        if box is ALL:
+            box = tuple(slice(0, n) for n in self.volume.shape)
+        if box is not None:
+            assert isinstance(box, tuple)
+            block = np.zeros(tuple(sl.stop - sl.start for sl in box), dtype=np.uint8)
+            for obj in self.objects:
+                block[obj.session.mask[box]] = obj.label
+            self._labels[box] = block
+        self._changes.append((self.revision, box if box is None else tuple(box)))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from ..data.io import read_volume, write_label_map
 from ..data.volume import Volume, VolumeError
 from ..files import atomic_output
+from ..interactive.session import Box3
 from .annotation import Annotation, AnnotationError
 from .encoding import compact_labels, display_image, nifti_gz
 from .store import Limits, SessionLimitError, SessionStore, UnknownSession
@@ -440,18 +441,33 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
     # -- label map ------------------------------------------------------------------------
 
     @app.get("/api/sessions/{sid}/labels", dependencies=auth)
-    def labels(sid: str) -> Response:
-        """Compact label map: uint8 voxels, Fortran order (i fastest), gzip content-encoding;
-        headers give shape and revision."""
+    def labels(
+        sid: str,
+        since: Annotated[
+            int | None,
+            Query(description="a revision the client holds: send only the box changed since"),
+        ] = None,
+    ) -> Response:
+        """Compact label map: uint8 voxels of the box ``X-Box`` (``i0,i1,j0,j1,k0,k1``,
+        half-open; the whole grid without ``since``; empty when nothing changed), Fortran order
+        (i fastest), gzip content-encoding; ``X-Shape`` is the whole grid's."""
         with session(sid) as a:
-            data = compact_labels(a.label_map())
             shape, revision = a.volume.shape, a.revision
+            box: Box3 | None = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+            if since is not None:
+                box = a.changed_since(since)
+            if box is None:
+                data, bounds = compact_labels(np.zeros((0, 0, 0), np.uint8)), ""
+            else:
+                data = compact_labels(np.ascontiguousarray(a.label_map()[box]))
+                bounds = ",".join(f"{sl.start},{sl.stop}" for sl in box)
         return Response(
             data,
             media_type="application/octet-stream",
             headers={
                 "Content-Encoding": "gzip",
                 "X-Shape": ",".join(map(str, shape)),
+                "X-Box": bounds,
                 "X-Order": "F",
                 "X-Dtype": "uint8",
                 "X-Revision": str(revision),

@@ -205,7 +205,7 @@ class SessionStore:
         if self.recovery_dir is None:
             return
         revision = annotation.revision
-        labels = annotation.label_map()
+        labels = annotation.label_map().copy()  # a snapshot: the writer runs later
         meta = annotation.describe()
         meta.update(id=sid, saved_at=time.time())
         self._saver.submit(self._write_recovery, sid, revision, labels, annotation.volume, meta)

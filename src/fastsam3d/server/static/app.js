@@ -154,23 +154,51 @@ function applyState(state) {
   $("reset-btn").disabled = !active;
 }
 
+// the label map arrives as the box of voxels changed since the revision the page holds (the
+// whole grid the first time), uint8 in NIfTI order; the voxel count is kept up to date with it
 async function refreshOverlay(revision) {
   if (!app.overlay || revision === app.revision) return;
   const asked = performance.now();
-  const response = await api("GET", `/api/sessions/${app.sessionId}/labels`, undefined, true);
+  const full = app.revision < 0;
+  const query = full ? "" : `?since=${app.revision}`;
+  const response = await api("GET", `/api/sessions/${app.sessionId}/labels${query}`, undefined, true);
   const bytes = new Uint8Array(await response.arrayBuffer());
   app.timings.labels = performance.now() - asked;
-  if (bytes.length !== app.overlay.img.length) {
-    throw new Error(`label map has ${bytes.length} voxels, the overlay ${app.overlay.img.length}`);
-  }
   const fetched = performance.now();
-  app.overlay.img.set(bytes);
-  let count = 0;
-  for (let n = 0; n < bytes.length; n++) if (bytes[n] !== 0) count++;
-  app.overlayVoxels = count;
+  const [I, J, K] = response.headers.get("X-Shape").split(",").map(Number);
+  const img = app.overlay.img;
+  if (I * J * K !== img.length) {
+    throw new Error(`label map has ${I * J * K} voxels, the overlay ${img.length}`);
+  }
+  const boxText = response.headers.get("X-Box");
+  if (boxText) {
+    const [i0, i1, j0, j1, k0, k1] = boxText.split(",").map(Number);
+    const width = i1 - i0;
+    if (bytes.length !== width * (j1 - j0) * (k1 - k0)) {
+      throw new Error(`label box ${boxText} does not match its ${bytes.length} bytes`);
+    }
+    let count = full ? 0 : app.overlayVoxels;
+    if (full) img.fill(0);
+    let n = 0;
+    for (let k = k0; k < k1; k++) {
+      for (let j = j0; j < j1; j++) {
+        const base = i0 + I * (j + J * k);
+        for (let i = 0; i < width; i++, n++) {
+          const before = img[base + i];
+          const after = bytes[n];
+          if (before !== after) {
+            if (before === 0) count++;
+            else if (after === 0) count--;
+            img[base + i] = after;
+          }
+        }
+      }
+    }
+    app.overlayVoxels = count;
+    app.nv.updateGLVolume();
+  }
   app.revision = Number(response.headers.get("X-Revision"));
-  $("voxels").textContent = `voxels: ${count}`;
-  app.nv.updateGLVolume();
+  $("voxels").textContent = `voxels: ${app.overlayVoxels}`;
   app.timings.render = performance.now() - fetched;
 }
 
