@@ -115,9 +115,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 threads=args.threads or 2,
                 progress=advance,
             )
+        from .bench.encoders import machine_info
+
+        machine = machine_info(args.threads or 2)
+        report["machine"] = machine
         print(load_markdown(report))
-        print(f"machine: {_machine()}")
-        report["machine"] = _machine()
+        print(
+            f"machine: {machine['cpu']}, {machine['logical_cpus']} cores, torch {machine['torch']}"
+        )
         if args.plot:
             print(f"wrote {plot_load(report, args.plot)}")
         for problem in report["errors"][:5] + report["crosstalk"][:5]:
@@ -669,21 +674,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"fastsam3d serve: http://{args.host}:{args.port}/ (API schema: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
-
-
-def _machine() -> str:
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def _default_fixtures() -> str:

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +24,7 @@ from fastsam3d.data.align import labels_on_grid
 from fastsam3d.data.io import read_volume
 from fastsam3d.server.app import default_niivue
 from fastsam3d.server.encoding import decode_compact
+from fastsam3d.server.process import serving
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("FASTSAM3D_CHROMIUM", "/usr/bin/chromium"))
@@ -67,44 +64,13 @@ def browser_ready() -> None:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(browser_ready, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     data = tmp_path_factory.mktemp("data")
     shutil.copy(samples.sample("ct").image, data / "example_ct.nii.gz")
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("log") / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "fastsam3d.cli", "serve", "--port", str(port)),
-            *("--data-dir", str(data), "--recovery-dir", str(data.parent / "recovery")),
-            *("--threads", "2"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start: {Path(log.name).read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield url, data
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    args = ["--data-dir", str(data), "--recovery-dir", str(data.parent / "recovery")]
+    with serving([*args, "--threads", "2"]) as running:
+        yield running.url, data
 
 
 @pytest.fixture(scope="module")
@@ -277,27 +243,11 @@ def test_restore_a_closed_session_from_its_autosave(server, page) -> None:
 
 
 def test_missing_niivue_is_explained_in_the_page(page, tmp_path) -> None:
-    port = _free_port()
     env = {**os.environ, "FASTSAM3D_NIIVUE": str(tmp_path / "missing.js")}
-    cmd = [sys.executable, "-m", "fastsam3d.cli", "serve", "--port", str(port)]
-    proc = subprocess.Popen(
-        [*cmd, "--recovery-dir", ""], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+    with serving(["--recovery-dir", ""], env=env) as running:
         pg = page.context.browser.new_page()  # the module's browser, a second tab
         try:
-            pg.goto(url)
+            pg.goto(running.url)
             pg.wait_for_selector("#error:not([hidden])", timeout=30_000)
             text = pg.inner_text("#error")
             assert "NiiVue is not installed" in text
@@ -305,6 +255,3 @@ def test_missing_niivue_is_explained_in_the_page(page, tmp_path) -> None:
             pg.screenshot(path=str(ARTIFACTS / "08-niivue-missing.png"))
         finally:
             pg.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

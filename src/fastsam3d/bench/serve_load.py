@@ -13,9 +13,6 @@ a fresh in-process :class:`~fastsam3d.server.annotation.Annotation` (same model)
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,6 +27,7 @@ from .. import samples
 from ..data.align import labels_on_grid
 from ..data.io import read_volume
 from ..server.encoding import decode_compact
+from ..server.process import serving
 
 
 @dataclass
@@ -43,12 +41,6 @@ class UserLog:
     crosstalk: list[str] = field(default_factory=list)
     clicks: dict[int, list[tuple[tuple[float, float, float], bool]]] = field(default_factory=dict)
     order: list[int] = field(default_factory=list)  # object labels in creation order
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_mb(pid: int) -> float:
@@ -184,62 +176,50 @@ def run_load_test(
 
     image = samples.sample(sample).image
     structures = _structures(sample)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="fastsam3d-load-") as tmp:
-        cmd = [sys.executable, "-m", "fastsam3d.cli", "serve", "--port", str(port)]
-        cmd += ["--model", model, "--data-dir", str(image.parent), "--threads", str(threads)]
-        cmd += ["--recovery-dir", str(Path(tmp) / "recovery"), "--max-sessions", str(sessions)]
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    err = server.stderr.read().decode() if server.stderr else ""
-                    raise RuntimeError(f"the server did not start: {err[-2000:]}")
-                time.sleep(0.2)
-            rss_idle = _rss_mb(server.pid)
-            logs = [UserLog() for _ in range(sessions)]
-            opened_all = threading.Barrier(sessions + 1)
-            go = threading.Event()
-            clock: dict[str, float] = {}
-            workers = [
-                threading.Thread(
-                    target=_user,
-                    args=(url, image.name, structures, 1000 + n, clock, opened_all, go, logs[n]),
-                    daemon=True,
-                )
-                for n in range(sessions)
+    with (
+        tempfile.TemporaryDirectory(prefix="fastsam3d-load-") as tmp,
+        serving(
+            [
+                *("--model", model, "--data-dir", str(image.parent), "--threads", str(threads)),
+                *("--recovery-dir", str(Path(tmp) / "recovery"), "--max-sessions", str(sessions)),
             ]
-            for worker in workers:
-                worker.start()
-            opened_all.wait()
-            clock["stop_at"] = time.monotonic() + seconds
-            go.set()
-            t0 = time.monotonic()
-            rss: list[tuple[float, float]] = []
-            while any(w.is_alive() for w in workers):
-                elapsed = time.monotonic() - t0
-                rss.append((elapsed, _rss_mb(server.pid)))
-                if progress is not None:
-                    progress(min(elapsed, seconds))
-                time.sleep(0.25)
-            wall = time.monotonic() - t0
-            labels = {}
-            for log in logs:
-                if log.sid:
-                    r = httpx.get(f"{url}/api/sessions/{log.sid}/labels", timeout=60)
-                    i, j, k = (int(v) for v in r.headers["x-shape"].split(","))
-                    labels[log.sid] = decode_compact(r.content, (i, j, k)).copy()
-            health = httpx.get(f"{url}/api/health", timeout=10).json()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        ) as running,
+    ):
+        url, pid = running.url, running.process.pid
+        rss_idle = _rss_mb(pid)
+        logs = [UserLog() for _ in range(sessions)]
+        opened_all = threading.Barrier(sessions + 1)
+        go = threading.Event()
+        clock: dict[str, float] = {}
+        workers = [
+            threading.Thread(
+                target=_user,
+                args=(url, image.name, structures, 1000 + n, clock, opened_all, go, logs[n]),
+                daemon=True,
+            )
+            for n in range(sessions)
+        ]
+        for worker in workers:
+            worker.start()
+        opened_all.wait()
+        clock["stop_at"] = time.monotonic() + seconds
+        go.set()
+        t0 = time.monotonic()
+        rss: list[tuple[float, float]] = []
+        while any(w.is_alive() for w in workers):
+            elapsed = time.monotonic() - t0
+            rss.append((elapsed, _rss_mb(pid)))
+            if progress is not None:
+                progress(min(elapsed, seconds))
+            time.sleep(0.25)
+        wall = time.monotonic() - t0
+        labels = {}
+        for log in logs:
+            if log.sid:
+                r = httpx.get(f"{url}/api/sessions/{log.sid}/labels", timeout=60)
+                i, j, k = (int(v) for v in r.headers["x-shape"].split(","))
+                labels[log.sid] = decode_compact(r.content, (i, j, k)).copy()
+        health = httpx.get(f"{url}/api/health", timeout=10).json()
 
     replayed: dict[str, int] = {}
     if replay:

@@ -72,9 +72,14 @@ class AnnotatedObject:
     def color(self) -> tuple[int, int, int]:
         return PALETTE[(self.label - 1) % len(PALETTE)]
 
+    voxels_cached: int | None = None  # reset by the annotation whenever the mask changes
+
     @property
     def voxels(self) -> int:
-        return int(np.count_nonzero(self.session.mask))
+        """Voxels of the mask (counted once per change, not per request)."""
+        if self.voxels_cached is None:
+            self.voxels_cached = int(np.count_nonzero(self.session.mask))
+        return self.voxels_cached
 
     def describe(self) -> dict[str, Any]:
         clicks = self.session.prompts
@@ -138,6 +143,7 @@ class Annotation:
         self.touched = time.monotonic()
         self.revision = 0  # bumped by every change of the label map or its legend
         self._labels = np.zeros(volume.shape, dtype=np.uint8)
+        self.labelled_voxels = 0  # non-zero voxels of the label map, kept with it
         # (revision, box of changed voxels or None) of the recent changes, oldest first
         self._changes: deque[tuple[int, Box3 | None]] = deque([(0, None)], maxlen=256)
         self.display_nifti: bytes | None = None  # the image as NIfTI for viewers (server cache)
@@ -211,7 +217,7 @@ class Annotation:
         for value in sorted(values):
             obj = self.add_object(names.get(value), label=value)
             obj.session.set_mask(labels == value)
-        self._changed(ALL)
+        self._changed(ALL, *self.objects)
 
     # -- clicks -----------------------------------------------------------------------------
 
@@ -240,7 +246,7 @@ class Annotation:
         assert result is not None
         obj.redo.clear()
         self.active = obj.label
-        self._changed(result.changed)
+        self._changed(result.changed, obj)
         return ClickOutcome(
             obj.label, obj.voxels, result.new_region, result.iou, dict(result.timings_ms)
         )
@@ -254,7 +260,7 @@ class Annotation:
             raise AnnotationError(f"nothing to undo for object {obj.label} ({obj.name}){more}")
         removed = clicks[len(obj.session.prompts) :]
         obj.redo.extend(reversed(removed))
-        self._changed(ALL)
+        self._changed(ALL, obj)
         return obj
 
     def redo(self, label: int | None = None) -> AnnotatedObject:
@@ -273,7 +279,7 @@ class Annotation:
         obj = self.get(label)
         obj.session.reset()
         obj.redo.clear()
-        self._changed(ALL)
+        self._changed(ALL, obj)
         return obj
 
     # -- output -----------------------------------------------------------------------------
@@ -305,10 +311,13 @@ class Annotation:
             slice(int(lo[2]), int(hi[2])),
         )
 
-    def _changed(self, box: Box3 | object | None) -> None:
+    def _changed(self, box: Box3 | object | None, *objects: AnnotatedObject) -> None:
         """A new revision: voxels changed in ``box`` (``ALL``: anywhere; ``None``: only the
-        object list or names). Recomposes the label map there."""
+        object list or names), the masks of ``objects`` changed. Recomposes the label map
+        there."""
         self.revision += 1
+        for obj in objects:
+            obj.voxels_cached = None
         if box is ALL:
             box = tuple(slice(0, n) for n in self.volume.shape)
         if box is not None:
@@ -316,7 +325,9 @@ class Annotation:
             block = np.zeros(tuple(sl.stop - sl.start for sl in box), dtype=np.uint8)
             for obj in self.objects:
                 block[obj.session.mask[box]] = obj.label
+            before = int(np.count_nonzero(self._labels[box]))
             self._labels[box] = block
+            self.labelled_voxels += int(np.count_nonzero(block)) - before
         self._changes.append((self.revision, box if box is None else tuple(box)))
 
     def describe(self) -> dict[str, Any]:

@@ -200,7 +200,7 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
     def changed(sid: str, annotation: Annotation) -> dict[str, Any]:
         sessions.autosave(sid, annotation)
         out = state(sid, annotation)
-        out["labelled_voxels"] = int(np.count_nonzero(annotation.label_map()))
+        out["labelled_voxels"] = annotation.labelled_voxels
         return out
 
     # -- server ---------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
             labels = np.asarray(read_volume(folder / "labels.nii.gz").array)
         except VolumeError as exc:
             raise HTTPException(422, f"autosave {rid}: {exc}") from exc
-        _check_image(volume, source, config.limits)
+        _check_size(volume, source, config.limits)
         if labels.shape != volume.shape or labels.dtype.kind not in "iu" or labels.max() > 255:
             raise HTTPException(
                 422, f"autosave {rid}: its label map does not fit the image {volume.shape}"
@@ -288,7 +288,7 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
     # -- sessions -------------------------------------------------------------------------
 
     def opened(volume: Volume, source: str, upload_dir: Path | None) -> dict[str, Any]:
-        _check_image(volume, source, config.limits)
+        _check_size(volume, source, config.limits)
         sid = sessions.open(volume, source, upload_dir)
         return state(sid, sessions.get(sid))
 
@@ -568,13 +568,9 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-def _check_image(volume: Volume, source: str, limits: Limits) -> None:
+def _check_size(volume: Volume, source: str, limits: Limits) -> None:
+    """413 for images over the voxel limit (2D images are refused by ``read_volume``)."""
     shape = volume.shape
-    if min(shape) < 2:
-        raise HTTPException(
-            422,
-            f"{source}: a 2D image (shape {shape}); open a 3D volume (at least 2 voxels per axis)",
-        )
     if int(np.prod(shape)) > limits.max_voxels:
         raise HTTPException(
             413, f"{source}: {int(np.prod(shape))} voxels exceeds the limit {limits.max_voxels}"

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
 from ..data.io import write_label_map
 from ..data.volume import Volume
 from ..files import atomic_output
@@ -201,21 +199,22 @@ class SessionStore:
     # -- autosave ---------------------------------------------------------------------------
 
     def autosave(self, sid: str, annotation: Annotation) -> None:
-        """Queue a write of the session's current label map (call with its lock held)."""
-        if self.recovery_dir is None:
-            return
-        revision = annotation.revision
-        labels = annotation.label_map().copy()  # a snapshot: the writer runs later
-        meta = annotation.describe()
-        meta.update(id=sid, saved_at=time.time())
-        self._saver.submit(self._write_recovery, sid, revision, labels, annotation.volume, meta)
+        """Queue a write of the session's label map. The writer thread takes the snapshot
+        (under the session's lock) when it gets to it, so a click pays nothing for it and a
+        burst of changes is written once."""
+        if self.recovery_dir is not None:
+            self._saver.submit(self._write_recovery, sid, annotation)
 
-    def _write_recovery(
-        self, sid: str, revision: int, labels: np.ndarray, volume: Volume, meta: dict[str, Any]
-    ) -> None:
+    def _write_recovery(self, sid: str, annotation: Annotation) -> None:
         assert self.recovery_dir is not None
-        if self._saved.get(sid, -1) >= revision:
-            return
+        with annotation.lock:
+            revision = annotation.revision
+            if self._saved.get(sid, -1) >= revision:
+                return
+            labels = annotation.label_map().copy()
+            meta = annotation.describe()
+        meta.update(id=sid, saved_at=time.time())
+        volume = annotation.volume
         folder = self.recovery_dir / sid
         try:
             folder.mkdir(parents=True, exist_ok=True)
