@@ -198,3 +198,26 @@ def test_models_with_a_detail_refiner_run_on_every_runtime(tmp_path, gen) -> Non
             torch.testing.assert_close(fast_emb, emb, atol=1e-4, rtol=1e-4)
             got = fast.decode(fast_emb, points, labels, mask_logits=zeros)[0]
             torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+
+
+@needs_exports
+def test_models_with_image_features_run_on_every_runtime(tmp_path, gen) -> None:
+    """The lite layout (conv stem, features packed into the embedding, fine prompt path) runs
+    unchanged on every runtime."""
+    model = fastsam3d.load_model("test-tiny-hires", seed=7)
+    image, points, labels = tiny_inputs(model, gen, n_points=2)
+    zeros = torch.zeros(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        emb = model.encode(image)
+        want = model.decode(emb, points, labels, zeros)[0]
+        for fast in (
+            onednn.optimize_for_cpu(model),
+            ExportedModel(model, "onnxruntime", cache_dir=tmp_path),
+            ExportedModel(model, "openvino", cache_dir=tmp_path),
+        ):
+            fast_emb = fast.encode(image)
+            assert fast_emb.shape == emb.shape
+            torch.testing.assert_close(fast_emb, emb, atol=1e-4, rtol=1e-4)
+            got = fast.decode(fast_emb, points, labels, mask_logits=want)[0]
+            ref = model.decode(emb, points, labels, want)[0]
+            torch.testing.assert_close(got, ref, atol=1e-3, rtol=1e-3)

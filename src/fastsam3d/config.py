@@ -24,6 +24,9 @@ BlockFormula = Literal["prenorm", "fastsam3d"]
   Attention-free blocks are then ``x = norm2(x); x = x + mlp(x)``.
 """
 
+Prompting = Literal["newest", "all"]
+"""Which clicks a prediction sends: the newest (with the previous logits) or all of the region."""
+
 AttentionImpl = Literal["sdpa", "eager"]
 """``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention` with the relative-position
 bias as an additive mask (and the exact pad-free window form). ``"eager"``: a literal
@@ -121,9 +124,29 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-6
     attn_impl: AttentionImpl = "sdpa"
     sparse: SparseAttentionConfig | None = None
+    stem_channels: tuple[int, ...] = ()
+    """Convolutional stem instead of the linear 16^3 patch embedding: ``(c4, c8)`` channels at
+    ``S/4`` and ``S/8`` (each a strided conv and a residual 3^3 conv), then a stride-2 conv to
+    the ``S/16`` tokens. Empty: upstream's patch embedding. Needs ``patch_size = 16``."""
+    feature_channels: tuple[int, ...] = ()
+    """High-resolution image features handed to the mask decoder: ``(f8, f4)`` channels at
+    ``S/8`` and ``S/4`` (1x1 projections of the stem's outputs; the decoder's upscaling widths).
+    Empty: none (upstream). Needs a stem."""
 
     def __post_init__(self) -> None:
         _check_choice("block_formula", self.block_formula, BlockFormula)
+        if self.stem_channels and (len(self.stem_channels) != 2 or self.patch_size != 16):
+            raise ValueError(
+                "stem_channels must be two widths (S/4, S/8) and needs patch_size 16, got "
+                f"{self.stem_channels} with patch_size {self.patch_size}"
+            )
+        if self.feature_channels and (len(self.feature_channels) != 2 or not self.stem_channels):
+            raise ValueError(
+                f"feature_channels must be two widths (S/8, S/4) and needs a stem, got "
+                f"{self.feature_channels} with stem {self.stem_channels}"
+            )
+        if any(c < 1 for c in (*self.stem_channels, *self.feature_channels)):
+            raise ValueError("stem and feature widths must be positive")
         _check_choice("attn_impl", self.attn_impl, AttentionImpl)
         if self.img_size % self.patch_size:
             raise ValueError(
@@ -174,8 +197,21 @@ class PromptEncoderConfig:
     swap_pe_axes: bool = True
     click_maps: bool = False
     click_map_sigma: float = 1.0
+    fine_channels: int = 0
+    """Also embed the mask input (previous logits and click maps) at full ``4G`` resolution
+    with a 1x1 conv to this many channels, added to the decoder's last upscaling stage, so a
+    click can change the mask exactly where it lies (0: off, as upstream)."""
+    prompting: Prompting = "newest"
+    """How the model expects clicks (what sessions and evaluation send by default):
+    ``"newest"`` click(s) plus the previous logits (SAM-Med3D's evaluation), or ``"all"``
+    clicks of the region plus the previous logits."""
 
     def __post_init__(self) -> None:
+        _check_choice("prompting", self.prompting, Prompting)
+        if self.fine_channels < 0:
+            raise ValueError(f"fine_channels must be >= 0, got {self.fine_channels}")
+        if self.fine_channels and not self.click_maps:
+            raise ValueError("fine_channels needs click_maps (the fine input is logits + maps)")
         if self.embed_dim % 3:
             raise ValueError(
                 f"prompt embed_dim must be divisible by 3 (x, y, z Fourier features), "
@@ -203,6 +239,12 @@ class DecoderConfig:
     attn_impl: AttentionImpl = "sdpa"
     sparse: SparseAttentionConfig | None = None
     """Sparse attention for the token-to-image cross-attentions (keys = image tokens)."""
+    upscale_channels: tuple[int, ...] = ()
+    """Widths of the two upscaling stages (``2G`` and ``4G``); empty: ``D/4, D/8`` (upstream).
+    The last one is the width of the hypernetwork outputs."""
+    image_features: bool = False
+    """Add the encoder's high-resolution features (``EncoderConfig.feature_channels``) after
+    each upscaling stage (SAM 2's decoder), so masks can follow edges inside a ``16^3`` patch."""
     refine_channels: int = 0
     """Width of the detail refiner (0: none, as upstream). With it, :meth:`Sam3D.encode` packs
     the image's statistics on the logit grid into the embedding and a small dilated 3D conv net
@@ -220,6 +262,17 @@ class DecoderConfig:
             )
         if self.transformer_dim % 8:
             raise ValueError(f"transformer_dim must be divisible by 8, got {self.transformer_dim}")
+        if self.upscale_channels and (
+            len(self.upscale_channels) != 2 or min(self.upscale_channels) < 1
+        ):
+            raise ValueError(f"upscale_channels must be two widths, got {self.upscale_channels}")
+
+    @property
+    def upscale_widths(self) -> tuple[int, int]:
+        """``(channels at 2G, channels at 4G)`` of the upscaling stages."""
+        if self.upscale_channels:
+            return self.upscale_channels[0], self.upscale_channels[1]
+        return self.transformer_dim // 4, self.transformer_dim // 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +293,19 @@ class ModelConfig:
             raise ValueError(
                 f"prompt.embed_dim ({self.prompt.embed_dim}) must equal "
                 f"decoder.transformer_dim ({self.decoder.transformer_dim})"
+            )
+        widths = self.decoder.upscale_widths
+        if self.decoder.image_features and tuple(self.encoder.feature_channels) != widths:
+            raise ValueError(
+                f"decoder.image_features needs encoder.feature_channels equal to the decoder's "
+                f"upscale widths {widths}, got {self.encoder.feature_channels}"
+            )
+        if self.encoder.feature_channels and not self.decoder.image_features:
+            raise ValueError("encoder.feature_channels are set but decoder.image_features is off")
+        if self.prompt.fine_channels and self.prompt.fine_channels != widths[1]:
+            raise ValueError(
+                f"prompt.fine_channels ({self.prompt.fine_channels}) must equal the decoder's "
+                f"last upscale width ({widths[1]})"
             )
         if self.decoder.sparse is not None:
             self.decoder.sparse.check(

@@ -55,14 +55,38 @@ _STUDENT = EncoderConfig(
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """Folder of the weights shipped inside the package."""
 
+# fastsam3d-lite: a conv stem before the ViT whose S/8 and S/4 maps also reach the decoder's
+# upscaling (SAM 2 style), the mask input (previous logits + click maps) added at full logit
+# resolution, and all clicks of the region sent with every prediction
 _LITE_PROMPT = PromptEncoderConfig(
-    embed_dim=96, mask_in_chans=16, swap_pe_axes=False, click_maps=True
+    embed_dim=96,
+    mask_in_chans=16,
+    swap_pe_axes=False,
+    click_maps=True,
+    fine_channels=16,
+    prompting="all",
 )
-_LITE_DECODER = DecoderConfig(transformer_dim=96, num_heads=4, mlp_dim=512, iou_head_hidden_dim=128)
+_LITE_DECODER = DecoderConfig(
+    transformer_dim=96,
+    num_heads=4,
+    mlp_dim=512,
+    iou_head_hidden_dim=128,
+    upscale_channels=(32, 16),
+    image_features=True,
+)
 _LITE_TEACHER = EncoderConfig(
-    embed_dim=256, depth=12, num_heads=8, window_size=0, global_attn_indexes=(), out_chans=96
+    embed_dim=256,
+    depth=12,
+    num_heads=8,
+    window_size=0,
+    global_attn_indexes=(),
+    out_chans=96,
+    stem_channels=(24, 48),
+    feature_channels=(32, 16),
 )
-_LITE_STUDENT = replace(_STUDENT, embed_dim=192, out_chans=96)  # FastSAM3D's layout
+_LITE_STUDENT = replace(  # FastSAM3D's layout
+    _STUDENT, embed_dim=192, out_chans=96, stem_channels=(24, 48), feature_channels=(32, 16)
+)
 _TINY_PROMPT = PromptEncoderConfig(embed_dim=48, mask_in_chans=8)
 _TINY_DECODER = DecoderConfig(transformer_dim=48, num_heads=4, mlp_dim=96, iou_head_hidden_dim=32)
 
@@ -137,6 +161,33 @@ MODELS: dict[str, ModelSpec] = {
                 decoder=_TINY_DECODER,
             ),
             "CI only: 32^3 input, student layout (2 MLP-only + 2 global blocks, FastSAM3D formula)",
+        ),
+        ModelSpec(
+            "test-tiny-hires",
+            ModelConfig(
+                encoder=EncoderConfig(
+                    img_size=64,
+                    patch_size=16,
+                    embed_dim=32,
+                    depth=2,
+                    num_heads=4,
+                    window_size=0,
+                    global_attn_indexes=(),
+                    out_chans=48,
+                    stem_channels=(8, 16),
+                    feature_channels=(12, 8),
+                ),
+                prompt=replace(
+                    _TINY_PROMPT,
+                    click_maps=True,
+                    fine_channels=8,
+                    swap_pe_axes=False,
+                    prompting="all",
+                ),
+                decoder=replace(_TINY_DECODER, upscale_channels=(12, 8), image_features=True),
+            ),
+            "CI only: 64^3 input, the lite layout in miniature (conv stem, high-resolution "
+            "features, fine prompt path, all clicks)",
         ),
     )
 }

@@ -58,7 +58,7 @@ def test_refiner_starts_as_identity_and_model_outputs_are_unchanged(
     with torch.inference_mode():
         emb = refined.encode(image)
         assert emb.shape[1] == refined.embedding_channels == plain.cfg.prompt.embed_dim + 4 * 64
-        vit, detail = refined.split_embedding(emb)
+        vit, _, detail = refined.split_embedding(emb)
         assert torch.equal(vit, plain.encode(image))
         assert detail is not None
         assert detail.shape == (2, 4, 16, 16, 16)
@@ -88,7 +88,7 @@ def test_decoder_without_detail_or_wrong_embedding(gen: torch.Generator) -> None
     with pytest.raises(ValueError, match="embedding must be"):
         model.decode(emb[:, : model.cfg.prompt.embed_dim], points, labels)
     sparse, dense = model.prompt_embeddings(points, labels)
-    vit, _ = model.split_embedding(emb)
+    vit = model.split_embedding(emb).vit
     with pytest.raises(ValueError, match="pass detail"):
         model.mask_decoder(vit, model.prompt_encoder.dense_pe(), sparse, dense, False)
     with pytest.raises(ValueError, match="refine_channels"):

@@ -126,3 +126,18 @@ def test_dice_ce_loss() -> None:
     wrong = dice_ce_loss(-(target * 2 - 1) * 20, target)
     assert perfect < 0.01
     assert wrong > 1.9
+
+
+def test_every_shipped_recipe_and_experiment_config_parses() -> None:
+    """configs/ holds the recipe of the bundled model and the experiments that led to it: each
+    must stay a valid config (names, tables, overrides)."""
+    from pathlib import Path
+
+    from fastsam3d.train.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    paths = sorted(root.rglob("*.toml"))
+    assert len(paths) >= 8
+    for path in paths:
+        config = load_config(path)
+        assert config.run.steps >= 1, path

@@ -84,6 +84,43 @@ def test_distillation_teacher_stays_frozen_and_losses_fall(tmp_path) -> None:
     assert student.cfg.encoder.depth == 2
 
 
+def test_distilling_the_lite_layout_matches_the_whole_embedding(tmp_path) -> None:
+    """Stem and features come from the teacher, the logit stage matches everything ``encode``
+    returns (ViT embedding and the packed high-resolution features), tokens are compared
+    normalised."""
+    cfg = distill_config(str(tmp_path), layerwise=4, logit=6)
+    cfg["teacher"] = {"name": "test-tiny-hires", "encoder": {"depth": 4}}
+    cfg["student"] = {
+        "name": "test-tiny-hires",
+        "encoder": {"depth": 2, "attn_free_blocks": 1, "block_formula": "fastsam3d"},
+        "init": "teacher",
+    }
+    cfg["distill"]["normalize_tokens"] = True
+    cfg["distill"]["mask_weight"] = 0.0
+    cfg["distill"]["frozen"] = ["image_encoder.stem.", "image_encoder.features."]
+    trainer = Trainer(parse_config(cfg), "distill", progress=False)
+    teacher, student = trainer.teacher, trainer.model
+    for key, value in student.image_encoder.stem.state_dict().items():
+        assert torch.equal(value, teacher.image_encoder.stem.state_dict()[key])
+    sample = trainer.dataset[0]
+    image = sample["image"][None]
+    tokens, embedding = trainer._teacher_features(image, torch.tensor([0]))
+    assert embedding.shape[1] == teacher.embedding_channels > teacher.cfg.prompt.embed_dim
+    with torch.no_grad():
+        before = float(trainer.step_module(image, tokens, embedding, 0, 2))
+    trainer.run()
+    with torch.no_grad():
+        after = float(trainer.step_module(image, tokens, embedding, 0, 2))
+        normalised = trainer.step_module._norm(tokens[0])
+    assert after < before
+    torch.testing.assert_close(normalised.mean(-1), torch.zeros_like(normalised[..., 0]))
+    for key, value in student.image_encoder.stem.state_dict().items():  # kept frozen
+        assert torch.equal(value, teacher.image_encoder.stem.state_dict()[key])
+    cfg["distill"]["frozen"] = ["image_encoder.nothing."]
+    with pytest.raises(ValueError, match="matches no student parameter"):
+        Trainer(parse_config(cfg), "distill", progress=False)
+
+
 def test_resume_continues_bit_identically(tmp_path) -> None:
     full = Trainer(
         parse_config(train_config(str(tmp_path / "full"), steps=6)), "train", progress=False
@@ -176,10 +213,10 @@ def test_teacher_feature_cache_is_reused(tmp_path, monkeypatch) -> None:
     cfg["distill"].update(cache_dir=str(tmp_path / "cache"), cache_pool=2)
     trainer = Trainer(parse_config(cfg), "distill", progress=False)
     calls = []
-    original = trainer.teacher.image_encoder.forward_intermediates
+    original = trainer.teacher.image_encoder.forward_all
     monkeypatch.setattr(
         trainer.teacher.image_encoder,
-        "forward_intermediates",
+        "forward_all",
         lambda *a, **k: calls.append(1) or original(*a, **k),
     )
     trainer.run()

@@ -11,6 +11,7 @@ clicks. Masks are ``(I, J, K)`` bool arrays on one grid with voxel ``spacing`` i
 - :class:`CenterClicker`: the centre of the largest error (RITM / SAM2's
   ``sample_one_point_from_error_center``): the error voxel farthest from the error's boundary.
 - :class:`RandomClicker`: uniform over the error region.
+- :class:`MixedClicker` (training): mostly the centre rule, sometimes the upstream core rule.
 
 A click is positive when it lies in a false-negative voxel (missed truth) and negative in a
 false-positive one. Simulators return ``None`` when there is no error left.
@@ -155,8 +156,26 @@ class RandomClicker:
         return _to_click(_pick(errors, rng), fn)
 
 
+class MixedClicker:
+    """For training: the centre of the largest error (as users and the evaluation click) with
+    probability ``center``, otherwise a uniform voxel of the inner half of the larger error
+    (the upstream core rule), so the model also sees off-centre clicks."""
+
+    name = "mixed"
+    prediction_threshold = 0.0
+
+    def __init__(self, center: float = 0.7) -> None:
+        self.center = center
+        self._center = CenterClicker()
+        self._core = UpstreamClicker(core_clicks=10**9)
+
+    def next_click(self, pred, gt, rng, spacing, step):  # type: ignore[no-untyped-def]
+        chosen = self._center if rng.random() < self.center else self._core
+        return chosen.next_click(pred, gt, rng, spacing, step)
+
+
 def make_simulator(name: str, logit_quirk: bool = False) -> ClickSimulator:
-    """``"upstream"``, ``"center"`` or ``"random"``."""
+    """``"upstream"``, ``"center"``, ``"random"`` or ``"mixed"`` (training)."""
     if name == "upstream":
         return UpstreamClicker(logit_quirk=logit_quirk)
     if logit_quirk:
@@ -165,4 +184,6 @@ def make_simulator(name: str, logit_quirk: bool = False) -> ClickSimulator:
         return CenterClicker()
     if name == "random":
         return RandomClicker()
-    raise ValueError(f"unknown simulator {name!r}; choose upstream, center or random")
+    if name == "mixed":
+        return MixedClicker()
+    raise ValueError(f"unknown simulator {name!r}; choose upstream, center, random or mixed")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
 from ..data.volume import Volume
-from ..interactive.session import Session
+from ..interactive.session import Session, model_prompting
 from .clicks import ClickSimulator
 from .metrics import dice, normalized_surface_dice
 
@@ -41,12 +41,13 @@ class Method:
         name: label in reports, e.g. ``"fastsam3d (random weights)"``.
         model: a :class:`~fastsam3d.Sam3D` or anything with its interface (``cfg.image_size``,
             ``cfg.low_res_size``, ``device``, ``dtype``, ``encode``, ``decode``).
-        prompting: ``"newest"`` (the networks, as trained) or ``"all"`` (the baseline).
+        prompting: ``"newest"`` or ``"all"`` clicks per prediction; ``"auto"``: the model's
+            own (:func:`~fastsam3d.interactive.session.model_prompting`).
     """
 
     name: str
     model: Any
-    prompting: Literal["newest", "all"] = "newest"
+    prompting: Literal["newest", "all", "auto"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def run_paper(
 ) -> list[ClickRecord]:
     """Upstream's protocol on a ground-truth-centred crop (see the module docstring)."""
     model = method.model
+    prompting = model_prompting(model) if method.prompting == "auto" else method.prompting
     centre = (np.argwhere(gt).min(axis=0) + np.argwhere(gt).max(axis=0)) / 2
     roi = roi_around(volume, centre, frame, clamp=False)
     image = normalize_roi(resample_to_roi(volume, roi), frame.normalization)
@@ -106,7 +108,7 @@ def run_paper(
                 )
                 continue
             clicks.append((click.index, click.positive))
-            sent = clicks if method.prompting == "all" else clicks[-1:]
+            sent = clicks if prompting == "all" else clicks[-1:]
             t0 = time.perf_counter()
             points = torch.tensor([[c for c, _ in sent]], dtype=torch.float32, device=device)
             labels = torch.tensor([[int(p) for _, p in sent]], device=device)

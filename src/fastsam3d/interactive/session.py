@@ -4,10 +4,11 @@ Coordinates: a click is a voxel index ``(i, j, k)`` of the array the user passed
 index order for volumes read from files, see :mod:`fastsam3d.data.volume`), or world millimetres
 with the convention named explicitly (``world="ras"`` or ``"lps"``).
 
-Protocol (how the released weights were trained, UPSTREAM.md 0.5 and 4): each prediction sends
-the *newest* click(s) plus the previous low-resolution logits as the mask prompt; the first
-prediction in a region sends an all-zero mask. ``prompting="all"`` sends every click of the
-region instead (the newer SAM-Med3D protocol).
+Protocol: each prediction sends the *newest* click(s) plus the previous low-resolution logits as
+the mask prompt (how upstream's released weights are evaluated, UPSTREAM.md 0.5 and 4), or every
+click of the region plus the previous logits (``prompting="all"``, the newer SAM-Med3D protocol
+and how ``fastsam3d-lite`` is trained); the first prediction in a region sends an all-zero mask.
+The default, ``"auto"``, is what the model's config names (:func:`model_prompting`).
 
 Regions: the model sees one ``128^3`` ROI (1.5 mm voxels) at a time. The first click places a
 ROI around itself; the image embedding of a ROI is computed once and cached; clicks inside the
@@ -45,7 +46,7 @@ from ..modeling.sam3d import Sam3D
 
 log = logging.getLogger(__name__)
 
-Prompting = Literal["newest", "all"]
+Prompting = Literal["newest", "all", "auto"]
 Box3 = tuple[slice, slice, slice]
 
 
@@ -103,7 +104,8 @@ class Session:
     Args:
         model: a loaded model (eval mode), e.g. ``fastsam3d.load_model("fastsam3d", ckpt)``.
         frame: model-frame parameters; default: the model's input size at 1.5 mm, z-normalised.
-        prompting: ``"newest"`` (default, as trained) or ``"all"`` clicks of the region.
+        prompting: ``"newest"`` or ``"all"`` clicks of the region; ``"auto"`` (default): the
+            model's own (:func:`model_prompting`).
         cache_size: number of ROI embeddings kept.
         max_history: predictions that can be undone (``None``: all). Older clicks stay in
             :attr:`prompts` but can no longer be taken back; each step keeps the ROI's
@@ -128,7 +130,7 @@ class Session:
         model: Any,
         *,
         frame: FrameSpec | None = None,
-        prompting: Prompting = "newest",
+        prompting: Prompting = "auto",
         cache_size: int = 4,
         runtime: str = "auto",
         max_history: int | None = None,
@@ -143,9 +145,11 @@ class Session:
             raise ValueError(
                 f"frame size {self.frame.size} differs from the model input {model.cfg.image_size}"
             )
-        if prompting not in ("newest", "all"):
-            raise ValueError(f"prompting must be 'newest' or 'all', got {prompting!r}")
-        self.prompting: Prompting = prompting
+        if prompting not in ("newest", "all", "auto"):
+            raise ValueError(f"prompting must be 'newest', 'all' or 'auto', got {prompting!r}")
+        self.prompting: Literal["newest", "all"] = (
+            model_prompting(model) if prompting == "auto" else prompting
+        )
         self.cache_size = max(1, cache_size)
         if max_history is not None and max_history < 1:
             raise ValueError(f"max_history must be at least 1 or None, got {max_history}")
@@ -404,6 +408,15 @@ class Session:
         """Forget clicks and mask; keep the image and cached embeddings."""
         self.volume  # noqa: B018 (raises before set_image)
         self._clear_prompts()
+
+
+def model_prompting(model: Any) -> Literal["newest", "all"]:
+    """The clicks a model expects per prediction: its config's ``prompt.prompting`` (our
+    models), the model's own ``prompting`` attribute (the random-walker baseline), else
+    ``"newest"`` (upstream's released weights)."""
+    prompt = getattr(getattr(model, "cfg", None), "prompt", None)
+    value = getattr(prompt, "prompting", None) or getattr(model, "prompting", None)
+    return "all" if value == "all" else "newest"
 
 
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

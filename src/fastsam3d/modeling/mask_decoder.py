@@ -150,15 +150,17 @@ class MaskDecoder3D(nn.Module):
         self.transformer = TwoWayTransformer3D(cfg)
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
+        w2, w4 = cfg.upscale_widths
         self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose3d(dim, dim // 4, kernel_size=2, stride=2),
-            LayerNorm3d(dim // 4),
+            nn.ConvTranspose3d(dim, w2, kernel_size=2, stride=2),
+            LayerNorm3d(w2),
             nn.GELU(),
-            nn.ConvTranspose3d(dim // 4, dim // 8, kernel_size=2, stride=2),
+            nn.ConvTranspose3d(w2, w4, kernel_size=2, stride=2),
             nn.GELU(),
         )
+        self.image_features = cfg.image_features
         self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
+            MLP(dim, dim, w4, 3) for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(
             dim, cfg.iou_head_hidden_dim, self.num_mask_tokens, cfg.iou_head_depth
@@ -173,6 +175,8 @@ class MaskDecoder3D(nn.Module):
         dense: torch.Tensor,
         multimask: bool,
         detail: torch.Tensor | None = None,
+        features: list[torch.Tensor] | None = None,
+        fine: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode masks.
 
@@ -184,6 +188,10 @@ class MaskDecoder3D(nn.Module):
             multimask: return the 3 multimask outputs instead of the single one.
             detail: ``(B or 1, 4, 4G, 4G, 4G)`` image statistics on the logit grid (models
                 with a refiner only, see :mod:`fastsam3d.modeling.detail`).
+            features: ``[(B or 1, w2, 2G, 2G, 2G), (B or 1, w4, 4G, 4G, 4G)]`` image features
+                added after each upscaling stage (models with ``image_features`` only).
+            fine: ``(B, w4, 4G, 4G, 4G)`` full-resolution prompt embedding added at the last
+                stage (models whose prompt encoder has ``fine_channels``).
 
         Returns:
             ``(logits (B, 1|M, 4G, 4G, 4G), iou (B, 1|M))``.
@@ -198,8 +206,8 @@ class MaskDecoder3D(nn.Module):
         mask_out = hs[:, 1 : 1 + self.num_mask_tokens]
 
         g = src.shape[-1]
-        upscaled = self.output_upscaling(
-            src_tokens.transpose(1, 2).reshape(src.shape[:2] + (g,) * 3)
+        upscaled = self._upscale(
+            src_tokens.transpose(1, 2).reshape(src.shape[:2] + (g,) * 3), features, fine
         )
         hyper = torch.stack(
             [mlp(mask_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
@@ -214,3 +222,27 @@ class MaskDecoder3D(nn.Module):
                 raise ValueError("this decoder refines masks from image detail: pass detail")
             masks = self.refiner(masks, detail)
         return masks, iou
+
+    def _upscale(
+        self,
+        x: torch.Tensor,
+        features: list[torch.Tensor] | None,
+        fine: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``(B, D, G, G, G)`` -> ``(B, w4, 4G, 4G, 4G)``; with image features (and the fine
+        prompt) added after each transposed conv, before its activation (SAM 2's order)."""
+        if not self.image_features and fine is None:
+            return self.output_upscaling(x)
+        up1, norm1, act1, up2, act2 = self.output_upscaling
+        x = up1(x)
+        if self.image_features:
+            if features is None or len(features) != 2:
+                raise ValueError("this decoder adds image features: pass the encoder's two maps")
+            x = x + features[0]
+        x = up2(act1(norm1(x)))
+        if self.image_features:
+            assert features is not None
+            x = x + features[1]
+        if fine is not None:
+            x = x + fine
+        return act2(x)

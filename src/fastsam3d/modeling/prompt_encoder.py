@@ -87,6 +87,9 @@ class PromptEncoder3D(nn.Module):
             nn.Conv3d(cfg.mask_in_chans, dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, dim)
+        self.fine_embed: nn.Conv3d | None = None
+        if cfg.fine_channels:
+            self.fine_embed = nn.Conv3d(3, cfg.fine_channels, kernel_size=1)
 
     @property
     def mask_size(self) -> int:
@@ -140,6 +143,20 @@ class PromptEncoder3D(nn.Module):
             out.append((maps * chosen).amax(dim=1))
         return torch.stack(out, dim=1)
 
+    def mask_input(
+        self,
+        mask_logits: torch.Tensor | None,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Click-map models: ``(B, 3, 4G, 4G, 4G)`` = previous logits (``None``: zeros) and the
+        positive and negative click maps, in the module's dtype."""
+        maps = self.render_clicks(points, labels)
+        if mask_logits is None:
+            mask_logits = maps.new_zeros(points.shape[0], 1, *maps.shape[2:])
+        dense_in = torch.cat([mask_logits.to(maps.dtype), maps], dim=1)
+        return dense_in.to(self.no_mask_embed.weight.dtype)
+
     def embed_mask(
         self,
         mask_logits: torch.Tensor | None,
@@ -156,16 +173,26 @@ class PromptEncoder3D(nn.Module):
         if self.click_maps:
             if points is None or labels is None:
                 raise ValueError("this prompt encoder embeds click maps: pass points and labels")
-            maps = self.render_clicks(points, labels)
-            if mask_logits is None:
-                mask_logits = maps.new_zeros(batch, 1, *maps.shape[2:])
-            dense_in = torch.cat([mask_logits.to(maps.dtype), maps], dim=1)
-            return self.mask_downscaling(dense_in.to(self.no_mask_embed.weight.dtype))
+            return self.mask_downscaling(self.mask_input(mask_logits, points, labels))
         if mask_logits is None:
             g = self.grid
             weight = self.no_mask_embed.weight
             return weight.view(1, -1, 1, 1, 1).expand(batch, -1, g, g, g)
         return self.mask_downscaling(mask_logits)
+
+    def embed_all(
+        self, points: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(sparse (B, N + 1, D), dense (B, D, G, G, G), fine (B, F, 4G, 4G, 4G) or None)``:
+        :meth:`forward` plus the full-resolution embedding of the mask input for models with
+        ``fine_channels`` (the click maps are rendered once for both)."""
+        if self.fine_embed is None:
+            sparse, dense = self(points, labels, mask_logits)
+            return sparse, dense, None
+        dtype = self.no_mask_embed.weight.dtype
+        sparse = self.embed_points(points, labels).to(dtype)
+        dense_in = self.mask_input(mask_logits, points, labels)
+        return sparse, self.mask_downscaling(dense_in), self.fine_embed(dense_in)
 
     def forward(
         self, points: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor | None

@@ -10,6 +10,9 @@ are low-resolution logits on a ``4G = S / 4`` grid (32^3) covering the same volu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +22,17 @@ from .detail import N_STATS, image_detail, pack, unpack
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
+
+
+class EmbeddingParts(NamedTuple):
+    """The parts of :meth:`Sam3D.encode`'s output."""
+
+    vit: torch.Tensor
+    """``(B, D, G, G, G)`` image embedding."""
+    features: list[torch.Tensor]
+    """High-resolution features ``[(B, f8, 2G, ...), (B, f4, 4G, ...)]`` or empty."""
+    detail: torch.Tensor | None
+    """``(B, 4, 4G, 4G, 4G)`` image statistics (refiner models) or ``None``."""
 
 
 class Sam3D(nn.Module):
@@ -47,32 +61,61 @@ class Sam3D(nn.Module):
                 released weights).
 
         Returns:
-            ``(B, D, G, G, G)``; ``(B, 384, 8, 8, 8)`` for the released models. Models with a
-            detail refiner append ``4 * 4^3`` channels: the image's statistics on the logit
-            grid (:mod:`~fastsam3d.modeling.detail`).
+            ``(B, D, G, G, G)``; ``(B, 384, 8, 8, 8)`` for the released models. Models with
+            high-resolution image features append them folded into channels (``f8 * 2^3 +
+            f4 * 4^3``), models with a detail refiner ``4 * 4^3`` channels of the image's
+            statistics on the logit grid (:mod:`~fastsam3d.modeling.detail`); one tensor, so
+            sessions cache it and runtimes export it unchanged. :meth:`split_embedding` undoes
+            the packing.
         """
         image = image.to(self.dtype)
-        embedding = self.image_encoder(image)
-        if self.mask_decoder.refiner is None:
-            return embedding
-        low = self.cfg.low_res_size
-        detail = image_detail(image, image.shape[-1] // low)
-        return torch.cat([embedding, pack(detail, low // self.cfg.embedding_grid)], dim=1)
+        return self._pack(image, *self.image_encoder.forward_features(image))
 
-    def split_embedding(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`encode`'s output -> ``(ViT embedding (B, D, G, G, G), detail (B, 4, 4G, 4G, 4G)
-        or None)``."""
-        if self.mask_decoder.refiner is None:
-            return embedding, None
+    def encode_with_tokens(
+        self, image: torch.Tensor, depths: Sequence[int]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`encode` and the encoder's token grids ``(B, G, G, G, C)`` after ``d`` blocks
+        for each ``d`` in ``depths`` (one pass; for layer-wise distillation)."""
+        image = image.to(self.dtype)
+        embedding, tokens, features = self.image_encoder.forward_all(image, depths)
+        return self._pack(image, embedding, features), tokens
+
+    def _pack(
+        self, image: torch.Tensor, embedding: torch.Tensor, features: list[torch.Tensor]
+    ) -> torch.Tensor:
+        g = self.cfg.embedding_grid
+        parts = [embedding, *(pack(f, f.shape[-1] // g) for f in features)]
+        if self.mask_decoder.refiner is not None:
+            low = self.cfg.low_res_size
+            detail = image_detail(image, image.shape[-1] // low)
+            parts.append(pack(detail, low // g))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def split_embedding(self, embedding: torch.Tensor) -> EmbeddingParts:
+        """:meth:`encode`'s output -> its parts (ViT embedding, decoder features, detail)."""
         d, g = self.cfg.prompt.embed_dim, self.cfg.embedding_grid
-        return embedding[:, :d], unpack(embedding[:, d:], self.cfg.low_res_size // g)
+        start = d
+        features = []
+        for channels, factor in self._feature_layout():
+            width = channels * factor**3
+            features.append(unpack(embedding[:, start : start + width], factor))
+            start += width
+        detail = None
+        if self.mask_decoder.refiner is not None:
+            detail = unpack(embedding[:, start:], self.cfg.low_res_size // g)
+        return EmbeddingParts(embedding[:, :d], features, detail)
+
+    def _feature_layout(self) -> list[tuple[int, int]]:
+        """``(channels, upsampling factor)`` of each high-resolution feature map."""
+        widths = self.cfg.encoder.feature_channels
+        return list(zip(widths, (2, 4), strict=False)) if widths else []
 
     @property
     def embedding_channels(self) -> int:
-        """Channels of :meth:`encode`'s output (the ViT's, plus packed detail if any)."""
-        extra = 0
+        """Channels of :meth:`encode`'s output (the ViT's, plus packed features/detail)."""
+        extra = sum(c * f**3 for c, f in self._feature_layout())
         if self.mask_decoder.refiner is not None:
-            extra = N_STATS * (self.cfg.low_res_size // self.cfg.embedding_grid) ** 3
+            extra += N_STATS * (self.cfg.low_res_size // self.cfg.embedding_grid) ** 3
         return self.cfg.prompt.embed_dim + extra
 
     def prompt_embeddings(
@@ -116,7 +159,7 @@ class Sam3D(nn.Module):
         Returns:
             ``(low_res_logits (B, 1|3, 4G, 4G, 4G), iou (B, 1|3))``; threshold logits at 0.
         """
-        sparse, dense = self.prompt_embeddings(points, labels, mask_logits)
+        self._check_prompts(points, labels, mask_logits)
         b = points.shape[0]
         g = self.cfg.embedding_grid
         expected = (self.embedding_channels, g, g, g)
@@ -130,14 +173,30 @@ class Sam3D(nn.Module):
                 f"embedding batch {embedding.shape[0]} does not match {b} prompt sets "
                 "(use the same batch or 1)"
             )
-        embedding, detail = self.split_embedding(embedding.to(self.dtype))
+        return self.decode_unchecked(embedding, points, labels, mask_logits, multimask)
+
+    def decode_unchecked(
+        self,
+        embedding: torch.Tensor,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        mask_logits: torch.Tensor | None = None,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode` without input validation (the graph runtimes export)."""
+        if mask_logits is not None:
+            mask_logits = mask_logits.to(self.dtype)
+        sparse, dense, fine = self.prompt_encoder.embed_all(points, labels, mask_logits)
+        parts = self.split_embedding(embedding.to(self.dtype))
         return self.mask_decoder(
-            embedding,
+            parts.vit,
             self.prompt_encoder.dense_pe(),
             sparse,
             dense,
             multimask,
-            detail,
+            parts.detail,
+            parts.features,
+            fine,
         )
 
     def forward(

@@ -68,7 +68,7 @@ def weights_digest(model: Sam3D) -> str:
 
 
 class _Encoder(nn.Module):
-    """``Sam3D.encode`` as a module (the ViT plus, for refiner models, the packed detail)."""
+    """``Sam3D.encode`` as a module (the ViT plus packed features or detail, if any)."""
 
     def __init__(self, model: Sam3D) -> None:
         super().__init__()
@@ -92,11 +92,7 @@ class _Decoder(nn.Module):
         labels: torch.Tensor,
         mask_logits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse, dense = self.model.prompt_encoder(points, labels, mask_logits)
-        vit, detail = self.model.split_embedding(embedding)
-        return self.model.mask_decoder(
-            vit, self.model.prompt_encoder.dense_pe(), sparse, dense, False, detail
-        )
+        return self.model.decode_unchecked(embedding, points, labels, mask_logits)
 
 
 def export_onnx(model: Sam3D, folder: Path) -> tuple[Path, Path]:

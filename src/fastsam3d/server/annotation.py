@@ -112,7 +112,8 @@ class Annotation:
         volume: the image, ``(I, J, K)`` on its own grid.
         model: a prepared model shared by every session of the server (read-only).
         source: where the image came from (a path under the data folder, or an upload name).
-        prompting: how each object's :class:`Session` prompts the model.
+        prompting: how each object's :class:`Session` prompts the model (``"auto"``: as the
+            model was trained).
         history: clicks per object that can be undone (bounds memory).
         run: runs each model call (the server passes its model worker threads: a bound on
             parallel model work, and few threads holding the large temporary buffers).
@@ -125,7 +126,7 @@ class Annotation:
         *,
         source: str,
         uploaded: bool,
-        prompting: Literal["newest", "all"] = "newest",
+        prompting: Literal["newest", "all", "auto"] = "auto",
         history: int = 50,
         run: Callable[[Callable[[], Any]], Any] | None = None,
     ) -> None:
@@ -133,7 +134,7 @@ class Annotation:
         self.model = model
         self.source = source
         self.uploaded = uploaded
-        self.prompting: Literal["newest", "all"] = prompting
+        self.prompting: Literal["newest", "all", "auto"] = prompting
         self.history = history
         self.run: Callable[[Callable[[], Any]], Any] = run or (lambda work: work())
         self.objects: list[AnnotatedObject] = []

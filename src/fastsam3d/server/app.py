@@ -67,7 +67,7 @@ class ServerConfig:
             ``?token=<token>``).
         niivue: NiiVue's ES module bundle (from npm).
         model_name: shown by ``/api/health``.
-        prompting: ``"newest"`` or ``"all"`` clicks per prediction.
+        prompting: ``"newest"`` or ``"all"`` clicks per prediction, ``"auto"``: the model's.
         sweep_seconds: how often idle sessions are looked for.
         recovery_days: autosaves older than this are deleted when the server starts.
     """
@@ -78,7 +78,7 @@ class ServerConfig:
     token: str | None = None
     niivue: Path = field(default_factory=default_niivue)
     model_name: str = ""
-    prompting: str = "newest"
+    prompting: str = "auto"
     sweep_seconds: float = 30.0
     recovery_days: float = 14.0
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ..data.io import write_label_map
 from ..data.volume import Volume
@@ -80,7 +80,7 @@ class SessionStore:
         limits: Limits,
         recovery_dir: Path | None,
         *,
-        prompting: str = "newest",
+        prompting: str = "auto",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
@@ -132,7 +132,7 @@ class SessionStore:
                 self.model,
                 source=source,
                 uploaded=upload_dir is not None if uploaded is None else uploaded,
-                prompting="all" if self.prompting == "all" else "newest",
+                prompting=_prompting(self.prompting),
                 history=self.limits.history,
                 run=self.run_model,
             )
@@ -272,3 +272,9 @@ class SessionStore:
                 }
             )
         return found
+
+
+def _prompting(value: str) -> Literal["newest", "all", "auto"]:
+    if value == "newest":
+        return "newest"
+    return "all" if value == "all" else "auto"

@@ -51,6 +51,47 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """``[data.engine]``: the data engine (:mod:`fastsam3d.train.engine`); probabilities per
+    region or per target."""
+
+    enabled: bool = False
+    """Use the engine (regions anywhere, pseudo-objects, synthetic images; targets on the
+    ``S/2`` loss grid) instead of regions around labelled structures."""
+    pseudo: float = 0.3
+    """Fraction of targets that are supervoxel pseudo-objects."""
+    part: float = 0.1
+    """Fraction of targets that are parts of labelled structures."""
+    supervoxels: tuple[int, ...] = (150, 600, 2400)
+    """SLIC segment counts per scan (one scale per region)."""
+    compactness: float = 0.05
+    merge_neighbours: tuple[int, ...] = (0, 0, 1, 2, 4)
+    """A pseudo-object merges this many random neighbours (uniform choice from the list)."""
+    size_power: float = 0.0
+    """Regions are placed around structures drawn with probability ``voxels ** size_power``
+    (0: every structure alike; 0.5 favours large organs, which are few)."""
+    uniform_centre: float = 0.15
+    """Regions placed uniformly in the scan instead of around a target voxel."""
+    rotate_deg: float = 20.0
+    scale: float = 0.2
+    """Anisotropic scaling: factors in ``[1 - scale, 1 + scale]`` per axis."""
+    elastic_mm: float = 6.0
+    """Largest amplitude of the smooth elastic displacement."""
+    fov_cut: float = 0.25
+    """Regions cut to a slab along ROI axis 2 (partial scans)."""
+    fov_mm: tuple[float, float] = (30.0, 100.0)
+    thick_slices: float = 0.2
+    synthetic: float = 0.2
+    """Regions whose image is synthesised from the label maps (SynthSeg-style)."""
+    blur: float = 0.1
+    noise: float = 0.2
+    scan_weights: dict[str, float] = field(default_factory=dict)
+    """Relative sampling weight per case id (default 1)."""
+    cache_dir: str = "runs/.engine-cache"
+    """Where supervoxels are cached."""
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """``[data]``: which scans, which structures, how regions are drawn."""
 
@@ -77,7 +118,11 @@ class DataConfig:
     cache: bool = True
     """Keep decoded volumes and label maps in memory."""
     workers: int = 0
+    pool: int = 0
+    """Cycle through this many fixed regions (samples ``0..pool-1``; e.g. 1 to check that a
+    model can fit one region). 0: every step draws new regions."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 @dataclass(frozen=True)
@@ -148,6 +193,13 @@ class InteractiveConfig:
     """With ``trainable = "encoder_last"``: also train the last N encoder blocks and the neck."""
     decoder_lr_scale: float = 1.0
     """Learning rate of prompt encoder and decoder relative to ``optim.lr`` (upstream: 0.1)."""
+    loss_size: int = 0
+    """Grid of the loss and the click simulation (e.g. 64 for 128^3 inputs: 8x fewer voxels
+    than the input, 10x faster steps); targets on a finer grid are area-pooled to it. 0: the
+    targets' own grid (the input's, or the data engine's ``S/2``)."""
+    free_rounds: tuple[int, int] = (0, 0)
+    """Range (inclusive) of the number of clicks played without gradients before the trained
+    rounds, so later clicks train from the model's own mistakes (0, 0: none)."""
     embedding_loss_weight: float = 0.0
     """Weight of :func:`~fastsam3d.train.objectives.prototype_loss` on the image embedding (each
     structure must be separable from the embedding alone): a direct signal for an encoder
@@ -165,6 +217,12 @@ class DistillConfig:
     mask_weight: float = 0.0
     """Stage 2: weight of an extra loss between teacher and student mask logits for the same
     simulated click (0: off)."""
+    frozen: tuple[str, ...] = ()
+    """Student parameters kept as initialised (state-dict prefixes, e.g.
+    ``"image_encoder.stem."`` for a conv stem copied from a teacher of the same stem)."""
+    normalize_tokens: bool = False
+    """Stage 1: compare per-token normalised features (zero mean, unit variance over channels),
+    so that a few tokens of huge norm in a pre-norm teacher do not dominate Eq. 1-2."""
     cache_dir: str = ""
     """Cache teacher features on disk (empty: computed online every step)."""
     cache_pool: int = 0
@@ -260,6 +318,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         if cls is DataConfig and key == "augment":
             kwargs[key] = _build(AugmentConfig, value, f"{where}.augment")
+        elif cls is DataConfig and key == "engine":
+            kwargs[key] = _build(EngineConfig, value, f"{where}.engine")
+        elif cls is EngineConfig and key == "scan_weights":
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.scan_weights: expected a table of case id = weight")
+            kwargs[key] = {str(k): float(v) for k, v in value.items()}
         elif key in ("encoder", "prompt", "decoder"):
             if not isinstance(value, dict):
                 raise ValueError(f"{where}.{key}: expected a table")

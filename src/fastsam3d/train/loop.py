@@ -35,6 +35,7 @@ from ..eval.runner import distributed_context
 from ..modeling.sam3d import Sam3D
 from .config import DistillConfig, InteractiveConfig, TrainConfig, config_to_dict
 from .data import StepBatches, TrainingRegions
+from .engine import EngineRegions
 from .objectives import (
     DistillStep,
     InteractiveStep,
@@ -47,7 +48,17 @@ from .objectives import (
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "fastsam3d-train"
-METRIC_FIELDS = ("step", "stage", "k", "loss", "lr", "samples_per_s", "elapsed_s")
+METRIC_FIELDS = (
+    "step",
+    "stage",
+    "k",
+    "loss",
+    "lr",
+    "samples_per_s",
+    "elapsed_s",
+    "grad_encoder",
+    "grad_prompt_decoder",
+)
 
 
 def _device(name: str) -> torch.device:
@@ -109,7 +120,11 @@ class Trainer:
             channel=config.data.channel,
             modality=config.data.modality,
         )
-        self.dataset = TrainingRegions(cases, config.data, frame, config.run.seed)
+        self.dataset: TrainingRegions | EngineRegions
+        if config.data.engine.enabled:
+            self.dataset = EngineRegions(cases, config.data, frame, config.run.seed)
+        else:
+            self.dataset = TrainingRegions(cases, config.data, frame, config.run.seed)
         self.trainable = [p for p in self.step_module.parameters() if p.requires_grad]
         if not self.trainable:
             raise ValueError("nothing to train: every parameter is frozen")
@@ -200,6 +215,14 @@ class Trainer:
         student.train()
         student.prompt_encoder.requires_grad_(False)
         student.mask_decoder.requires_grad_(False)
+        frozen = tuple(self.distill_config.frozen)
+        if frozen:
+            names = [n for n, _ in student.named_parameters() if n.startswith(frozen)]
+            if not names:
+                raise ValueError(f"[distill] frozen {list(frozen)} matches no student parameter")
+            for name, param in student.named_parameters():
+                if name.startswith(frozen):
+                    param.requires_grad_(False)
         self.teacher, self.model, self.model_name = teacher, student, c.student.name
         self.pairing = layer_pairing(student.cfg.encoder.depth, teacher.cfg.encoder.depth)
         d = self.distill_config
@@ -209,6 +232,7 @@ class Trainer:
             d.mask_weight,
             teacher if d.mask_weight > 0 else None,
             seed=c.run.seed,
+            normalize=d.normalize_tokens,
         ).to(self.device)
         self.decoder_lr_scale = 1.0
 
@@ -247,9 +271,7 @@ class Trainer:
                 data = torch.load(path, map_location=self.device, weights_only=True)
                 return list(data["tokens"]), data["embedding"]
         with torch.no_grad(), self._autocast():
-            embedding, tokens = self.teacher.image_encoder.forward_intermediates(
-                image, self.pairing
-            )
+            embedding, tokens = self.teacher.encode_with_tokens(image, self.pairing)
         if cache is not None and image.shape[0] == 1:
             cache.mkdir(parents=True, exist_ok=True)
             tmp = cache / f".sample_{int(indices[0]):08d}.pt.tmp"
@@ -279,7 +301,7 @@ class Trainer:
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
         c = self.config
-        pool = self.distill_config.cache_pool if self.kind == "distill" else 0
+        pool = self.distill_config.cache_pool if self.kind == "distill" else c.data.pool
         sampler = StepBatches(
             self.step, c.run.steps, self.rank, self.world, c.data.batch_size, c.optim.grad_accum
         )
@@ -323,8 +345,9 @@ class Trainer:
                     loss, stage, k = self._micro_loss(batch)
                     self.scaler.scale(loss / c.optim.grad_accum).backward()
                 total += float(loss.detach()) / c.optim.grad_accum
+            self.scaler.unscale_(self.optimizer)
+            grads = self._grad_norms()
             if c.optim.clip_grad > 0:
-                self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.trainable, c.optim.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -344,6 +367,7 @@ class Trainer:
                 "lr": lr,
                 "samples_per_s": global_batch / (time.perf_counter() - t0),
                 "elapsed_s": time.perf_counter() - t_start,
+                **grads,
             }
             rows.append(row)
             if self.rank == 0:
@@ -367,6 +391,23 @@ class Trainer:
         if self.dist:
             torch.distributed.barrier()
         return rows
+
+    def _grad_norms(self) -> dict[str, float]:
+        """Gradient norms of the image encoder and of prompt encoder + decoder (where the
+        learning signal goes; before clipping)."""
+        out = {}
+        for key, parts in (
+            ("grad_encoder", ("image_encoder",)),
+            ("grad_prompt_decoder", ("prompt_encoder", "mask_decoder")),
+        ):
+            grads = [
+                p.grad.detach().float().norm()
+                for name in parts
+                for p in getattr(self.model, name).parameters()
+                if p.grad is not None
+            ]
+            out[key] = float(torch.stack(grads).norm()) if grads else 0.0
+        return out
 
     # -- logging, checkpoints, validation ---------------------------------------------------
 
@@ -503,7 +544,7 @@ class _Pooled(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     """Sample ``k`` -> sample ``k % pool`` (a fixed set of regions, e.g. for cached teacher
     features)."""
 
-    def __init__(self, base: TrainingRegions, pool: int) -> None:
+    def __init__(self, base: TrainingRegions | EngineRegions, pool: int) -> None:
         self.base, self.pool = base, pool
 
     def __len__(self) -> int:

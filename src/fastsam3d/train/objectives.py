@@ -110,12 +110,16 @@ def init_from_teacher(student: Sam3D, teacher: Sam3D) -> dict[str, list[str]]:
 
 
 class InteractiveStep(nn.Module):
-    """SAM-Med3D's interactive training on one micro-batch.
+    """SAM-Med3D's interactive training on one micro-batch, with the click loop users meet.
 
-    ``click_iterations`` rounds per sample: a simulated click is added (computed from the
-    current prediction, on the region's 1.5 mm grid), all clicks so far and the previous logits
-    are decoded, and Dice+CE of the upsampled logits is accumulated; some rounds add no click and
-    only feed the logits back. The encoder runs once (with gradients only if it is trained).
+    Per sample: ``free_rounds`` (a random count in the configured range) clicks are played
+    without gradients, so the model also trains from the states its own later mistakes lead to;
+    then ``click_iterations`` rounds, each adding a simulated click (computed from the current
+    prediction on the loss grid), decoding the clicks (all, or the newest, per
+    ``prompt_points``) with the previous logits, and accumulating Dice + CE; some rounds add no
+    click and only feed the logits back. The encoder runs once (with gradients only if it is
+    trained). Targets may be given on the model input's grid or a coarser loss grid
+    (``S / T`` times coarser); logits are upsampled to the targets' grid.
     """
 
     def __init__(
@@ -135,24 +139,40 @@ class InteractiveStep(nn.Module):
             chosen = [int(c) for c in picks]
         return {n - 1, *chosen}
 
+    def loss_targets(self, target: torch.Tensor) -> torch.Tensor:
+        """``(B, M, T, T, T)`` targets on the loss grid: ``config.loss_size`` (area-pooled and
+        thresholded at one half) when the given grid is finer."""
+        size = self.config.loss_size
+        if size and target.shape[-1] > size:
+            if target.shape[-1] % size:
+                raise ValueError(f"loss_size {size} does not divide the target grid {target.shape}")
+            pooled = F.avg_pool3d(target.float().flatten(0, 1)[:, None], target.shape[-1] // size)
+            return (pooled[:, 0] >= 0.5).float().view(*target.shape[:2], size, size, size)
+        return target
+
     def forward(
         self, image: torch.Tensor, target: torch.Tensor, indices: torch.Tensor
     ) -> torch.Tensor:
         """Mean loss over the click iterations.
 
         Args:
-            image: ``(B, 1, S, S, S)``; target: ``(B, M, S, S, S)`` binary, ``M`` structures per
-                region (each decoded with its own clicks from the region's one embedding);
+            image: ``(B, 1, S, S, S)``; target: ``(B, M, T, T, T)`` binary (``T`` divides
+                ``S``), ``M`` structures per region (each decoded with its own clicks from the
+                region's one embedding);
             indices: ``(B,)`` global sample indices (seed the click simulation).
         """
-        model = self.model
+        model, cfg = self.model, self.config
         size, low = model.cfg.image_size, model.cfg.low_res_size
+        target = self.loss_targets(target)
+        grid = target.shape[-1]
+        factor = size / grid  # model-input voxels per loss cell
+        spacing = (1.5 * factor,) * 3
         per_region = target.shape[1]
         encoder_trains = any(p.requires_grad for p in model.image_encoder.parameters())
         with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
             embedding = model.encode(image)
-        weight = self.config.embedding_loss_weight
-        vit = embedding[:, : model.cfg.prompt.embed_dim]  # without packed image detail
+        weight = cfg.embedding_loss_weight
+        vit = embedding[:, : model.cfg.prompt.embed_dim]  # without packed features or detail
         aux = prototype_loss(vit, target) if weight and encoder_trains else None
         if per_region > 1:
             embedding = embedding.repeat_interleave(per_region, dim=0)
@@ -164,46 +184,49 @@ class InteractiveStep(nn.Module):
             for i in indices
             for m in range(per_region)
         ]
-        mask_only = self._mask_only(rngs[0])
-        points: list[list[tuple[int, int, int]]] = [[] for _ in range(b)]
+        lo, hi = cfg.free_rounds
+        free = int(rngs[0].integers(lo, hi + 1)) if hi > 0 else 0
+        mask_only = {free + i for i in self._mask_only(rngs[0])}
+        points: list[list[tuple[float, float, float]]] = [[] for _ in range(b)]
         labels: list[list[int]] = [[] for _ in range(b)]
         logits_prev = torch.zeros(b, 1, low, low, low, device=image.device, dtype=model.dtype)
         total = image.new_zeros(())
-        for it in range(self.config.click_iterations):
+        for it in range(free + cfg.click_iterations):
             if it == 0 or it not in mask_only:
-                view = (
-                    (
-                        F.interpolate(
-                            logits_prev.float(),
-                            size=(size,) * 3,
-                            mode="trilinear",
-                            align_corners=False,
-                        )[:, 0]
-                        > 0
-                    )
-                    .cpu()
-                    .numpy()
-                )
+                view = (self._upsample(logits_prev, grid)[:, 0] > 0).cpu().numpy()
                 for s in range(b):
                     click = self.simulator.next_click(
-                        view[s], truth[s], rngs[s], (1.5, 1.5, 1.5), len(points[s])
+                        view[s], truth[s], rngs[s], spacing, len(points[s])
                     )
                     if click is None:  # nothing left to correct: repeat the last click
-                        click_index, positive = points[s][-1], labels[s][-1]
+                        if points[s]:
+                            click_point, positive = points[s][-1], labels[s][-1]
+                        else:  # an empty target: a negative click at the centre
+                            click_point, positive = ((size - 1) / 2,) * 3, 0
                     else:
-                        click_index, positive = click.index, int(click.positive)
-                    points[s].append(click_index)
+                        i, j, k = ((c + 0.5) * factor - 0.5 for c in click.index)
+                        click_point, positive = (i, j, k), int(click.positive)
+                    points[s].append(click_point)
                     labels[s].append(positive)
             pts = torch.tensor(points, dtype=torch.float32, device=image.device)
             lab = torch.tensor(labels, device=image.device)
-            if self.config.prompt_points == "newest":
+            if cfg.prompt_points == "newest":
                 pts, lab = pts[:, -1:], lab[:, -1:]
-            logits, _ = model.decode(embedding, pts, lab, mask_logits=logits_prev)
-            up = F.interpolate(logits, size=(size,) * 3, mode="trilinear", align_corners=False)
-            total = total + dice_ce_loss(up, target)
+            with torch.set_grad_enabled(it >= free and torch.is_grad_enabled()):
+                logits, _ = model.decode(embedding, pts, lab, mask_logits=logits_prev)
+            if it >= free:
+                total = total + dice_ce_loss(self._upsample(logits, grid), target)
             logits_prev = logits.detach()
-        total = total / self.config.click_iterations
+        total = total / cfg.click_iterations
         return total if aux is None else total + weight * aux
+
+    @staticmethod
+    def _upsample(logits: torch.Tensor, grid: int) -> torch.Tensor:
+        if logits.shape[-1] == grid:
+            return logits.float()
+        return F.interpolate(
+            logits.float(), size=(grid,) * 3, mode="trilinear", align_corners=False
+        )
 
 
 class DistillStep(nn.Module):
@@ -217,9 +240,11 @@ class DistillStep(nn.Module):
         mask_weight: float = 0.0,
         decoder_from: Sam3D | None = None,
         seed: int = 0,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.student = student
+        self.normalize = normalize
         depth = student.cfg.encoder.depth
         width = student.cfg.encoder.embed_dim
         generator = torch.Generator().manual_seed(seed)  # never torch's global RNG
@@ -244,17 +269,27 @@ class DistillStep(nn.Module):
         if stage == 1:
             tokens = encoder.forward_tokens(image.to(self.student.dtype), range(1, k + 1))
             losses = [
-                F.mse_loss(self.projections[i](tokens[i]).float(), teacher_tokens[i].float())
+                F.mse_loss(
+                    self._norm(self.projections[i](tokens[i]).float()),
+                    self._norm(teacher_tokens[i].float()),
+                )
                 for i in range(k)
             ]
             return torch.stack(losses).mean()
-        embedding = encoder(image.to(self.student.dtype))
+        embedding = self.student.encode(image)
         loss = F.mse_loss(embedding.float(), teacher_embedding.float())
         if self.mask_weight > 0 and self.decoder_from is not None and prompt is not None:
             assert teacher_logits is not None
             logits, _ = self.decoder_from.decode(embedding, prompt[0], prompt[1])
             loss = loss + self.mask_weight * F.mse_loss(logits.float(), teacher_logits.float())
         return loss
+
+    def _norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens scaled to zero mean and unit variance per token (``normalize``), so that a few
+        tokens of huge norm in an un-normalised residual stream do not dominate the MSE."""
+        if not self.normalize:
+            return tokens
+        return F.layer_norm(tokens, tokens.shape[-1:])
 
 
 def _linear(n_in: int, n_out: int, generator: torch.Generator) -> nn.Linear:

@@ -1,0 +1,136 @@
+"""The lite layout's additions: conv stem, high-resolution features for the decoder, the fine
+prompt path, and the model's own prompting default."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import fastsam3d
+from fastsam3d.build import build_meta, build_model
+from fastsam3d.config import DecoderConfig, EncoderConfig, ModelConfig, PromptEncoderConfig
+from fastsam3d.interactive.session import Session, model_prompting
+from fastsam3d.modeling.detail import pack
+
+from ..conftest import tiny_inputs
+
+
+@pytest.fixture
+def hires() -> fastsam3d.Sam3D:
+    return fastsam3d.load_model("test-tiny-hires", seed=5)
+
+
+def test_embedding_packs_the_features_and_splits_back(hires, gen) -> None:
+    cfg = hires.cfg
+    assert cfg.embedding_grid == 4
+    image, _, _ = tiny_inputs(hires, gen, batch=2)
+    with torch.inference_mode():
+        emb = hires.encode(image)
+        vit, features = hires.image_encoder.forward_features(image)
+    f8, f4 = cfg.encoder.feature_channels
+    assert (
+        emb.shape == (2, 48 + f8 * 8 + f4 * 64, 4, 4, 4) == (2, hires.embedding_channels, 4, 4, 4)
+    )
+    assert [tuple(f.shape) for f in features] == [(2, f8, 8, 8, 8), (2, f4, 16, 16, 16)]
+    parts = hires.split_embedding(emb)
+    assert torch.equal(parts.vit, vit)
+    assert all(torch.equal(a, b) for a, b in zip(parts.features, features, strict=True))
+    assert parts.detail is None
+    assert torch.equal(torch.cat([vit, pack(features[0], 2), pack(features[1], 4)], 1), emb)
+
+
+def test_decoder_uses_the_features_and_the_fine_prompt(hires, gen) -> None:
+    image, points, labels = tiny_inputs(hires, gen, batch=1, n_points=2)
+    zeros = torch.zeros(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        emb = hires.encode(image)
+        base = hires.decode(emb, points, labels, zeros)[0]
+        d = hires.cfg.prompt.embed_dim
+        no_features = emb.clone()
+        no_features[:, d:] = 0
+        assert not torch.allclose(hires.decode(no_features, points, labels, zeros)[0], base)
+        # the previous logits reach the last stage directly (1x1 conv): a change in one cell of
+        # the mask input changes that cell's logit
+        previous = zeros.clone()
+        previous[0, 0, 3, 4, 5] = 20.0
+        changed = hires.decode(emb, points, labels, previous)[0] - base
+        assert changed[0, 0, 3, 4, 5].abs() > 0
+    # a shared embedding decodes several prompt sets as separate ones do
+    pts = torch.cat([points, points.flip(1)])
+    lab = torch.cat([labels, labels.flip(1)])
+    with torch.inference_mode():
+        both = hires.decode(emb, pts, lab, zeros.expand(2, -1, -1, -1, -1))[0]
+        second = hires.decode(emb, pts[1:], lab[1:], zeros)[0]
+    torch.testing.assert_close(both[:1], base, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=1e-5)
+
+
+def test_upstream_layouts_are_unchanged() -> None:
+    for name in ("sam-med3d", "fastsam3d", "fastsam3d-teacher"):
+        cfg = fastsam3d.get_spec(name).config
+        assert not cfg.encoder.stem_channels
+        assert not cfg.encoder.feature_channels
+        assert not cfg.decoder.image_features
+        assert cfg.prompt.fine_channels == 0
+        assert cfg.prompt.prompting == "newest"
+        model = build_meta(cfg)
+        assert model.image_encoder.stem is None
+        assert model.image_encoder.patch_embed is not None
+
+
+def test_invalid_layouts_are_refused() -> None:
+    with pytest.raises(ValueError, match="needs patch_size 16"):
+        EncoderConfig(img_size=64, patch_size=8, stem_channels=(8, 16))
+    with pytest.raises(ValueError, match="needs a stem"):
+        EncoderConfig(feature_channels=(8, 4))
+    base = fastsam3d.get_spec("test-tiny-hires").config
+    wider = dataclasses.replace(base.decoder, upscale_channels=(16, 8))
+    with pytest.raises(ValueError, match="upscale widths"):
+        dataclasses.replace(base, decoder=wider)
+    without = dataclasses.replace(base.decoder, image_features=False)
+    with pytest.raises(ValueError, match="image_features is off"):
+        dataclasses.replace(base, decoder=without)
+    with pytest.raises(ValueError, match="fine_channels needs click_maps"):
+        PromptEncoderConfig(fine_channels=8)
+    with pytest.raises(ValueError, match="prompting must be one of"):
+        PromptEncoderConfig(prompting="every")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="two widths"):
+        DecoderConfig(upscale_channels=(8,))
+
+
+def test_checkpoint_round_trip(tmp_path, hires, gen) -> None:
+    path = fastsam3d.save_native(
+        tmp_path / "m.safetensors", hires.state_dict(), hires.cfg, "test-tiny-hires"
+    )
+    loaded = fastsam3d.load_model(None, path)
+    assert loaded.cfg == hires.cfg
+    image, points, labels = tiny_inputs(hires, gen)
+    with torch.inference_mode():
+        emb = hires.encode(image)
+        torch.testing.assert_close(loaded.encode(image), emb)
+        torch.testing.assert_close(
+            loaded.decode(emb, points, labels)[0], hires.decode(emb, points, labels)[0]
+        )
+
+
+def test_sessions_prompt_as_the_model_was_trained(hires, tiny_model) -> None:
+    assert model_prompting(hires) == "all"
+    assert model_prompting(tiny_model) == "newest"
+    volume = np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32)
+    session = Session(hires, runtime="torch")
+    assert session.prompting == "all"
+    assert Session(hires, runtime="torch", prompting="newest").prompting == "newest"
+    assert Session(tiny_model, runtime="torch").prompting == "newest"
+    session.set_image(volume)
+    session.add_click((20, 20, 20))
+    session.add_click((10, 12, 14), positive=False)
+    assert len(session.prompts) == 2
+
+
+def test_the_lite_config_round_trips() -> None:
+    cfg = fastsam3d.get_spec("test-tiny-hires").config
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert build_model(cfg, seed=0).image_encoder.stem is not None
