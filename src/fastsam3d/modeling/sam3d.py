@@ -108,7 +108,7 @@ class Sam3D(nn.Module):
     def _feature_layout(self) -> list[tuple[int, int]]:
         """``(channels, upsampling factor)`` of each high-resolution feature map."""
         widths = self.cfg.encoder.feature_channels
-        return list(zip(widths, (2, 4), strict=False)) if widths else []
+        return list(zip(widths, (2, 4), strict=True)) if widths else []
 
     @property
     def embedding_channels(self) -> int:
