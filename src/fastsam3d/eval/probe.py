@@ -5,8 +5,9 @@ click) is decoded twice in the same region: once from the real image's embedding
 the embedding of a constant image (every voxel 0 after normalisation: no anatomy at all). A model
 that draws "a blob around the click" gives the same mask for both; a model that segments what it
 sees does not. The score of a structure is the fraction of voxels that change,
-``|A xor B| / |A|`` (``A`` the real image's mask on the model's ``S^3`` region), reported with
-the Dice of ``A`` for context.
+``min(1, |A xor B| / |A|)`` (``A`` the real image's mask on the model's ``S^3`` region; 1 means
+the two masks have nothing in common, and a blank-image mask many times larger than ``A`` counts
+no more than that).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .clicks import CenterClicker
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One structure: ``changed`` = |A xor B| / |A|; ``voxels`` = |A| (model-frame voxels)."""
+    """One structure: ``changed`` = min(1, |A xor B| / |A|); ``voxels`` = |A| (model-frame
+    voxels)."""
 
     structure: str
     changed: float
@@ -76,6 +78,6 @@ def image_dependence(
                 masks.append((upsample_logits(logits.float(), size)[0, 0] > 0).cpu().numpy())
         real, blank = masks
         voxels = int(real.sum())
-        changed = float((real ^ blank).sum()) / max(voxels, 1)
+        changed = min(1.0, float((real ^ blank).sum()) / max(voxels, 1))
         results.append(ProbeResult(name, changed, voxels))
     return results
