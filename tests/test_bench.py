@@ -60,3 +60,26 @@ def test_session_benchmark_structure() -> None:
     assert first["median"] >= first["encode"] > 0
     assert first["median_with_file_read"] >= first["median"]
     assert "warm click" in session_markdown(report)
+
+
+def test_session_benchmark_reports_the_runtime_auto_stands_for(monkeypatch, capsys) -> None:
+    """`fastsam3d bench session` measures what a user gets: the bundled model on the runtime
+    `auto` picks (here forced to torch), and names that runtime."""
+    from fastsam3d.bench import session as bench_session
+    from fastsam3d.cli import main
+    from fastsam3d.runtime import select
+
+    monkeypatch.setattr(select, "resolve", lambda runtime, model: "torch")
+    monkeypatch.setattr(bench_session, "resolve", lambda runtime, model: "torch")
+    seen = {}
+    original = bench_session.load_model
+
+    def spy(name):
+        seen["model"] = name
+        return original("test-tiny")
+
+    monkeypatch.setattr(bench_session, "load_model", spy)
+    assert main(["bench", "session", "--rounds", "1", "--threads", "1"]) == 0
+    assert seen["model"] == "fastsam3d-lite"
+    assert "torch" in capsys.readouterr().out
+    assert main(["bench", "--runtimes", "auto", "--models", "test-tiny"]) == 2

@@ -78,9 +78,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .runtime.select import available
 
+    interactive = args.target in ("session", "serve")
+    if interactive and args.runtimes == DEFAULT_BENCH_RUNTIMES:
+        args.runtimes = "auto"  # what a user of the bundled model gets
+    if interactive and args.models == DEFAULT_BENCH_MODELS:
+        args.models = "fastsam3d-lite"  # the bundled model
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     for runtime in runtimes:
-        if runtime not in RUNTIME_CHOICES or runtime == "auto":
+        if runtime not in RUNTIME_CHOICES or (runtime == "auto" and not interactive):
             raise ValueError(
                 f"--runtimes: unknown runtime {runtime!r}; choose from {RUNTIME_CHOICES[1:]}"
             )
@@ -100,8 +105,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from .bench.serve_load import load_markdown, plot_load, run_load_test
 
         model_name = args.models.split(",")[-1].strip()
-        if model_name == "fastsam3d":  # the default --models list: serve the bundled model
-            model_name = "fastsam3d-lite"
         with tqdm(total=args.seconds, desc="load test", unit="s", file=sys.stderr) as progress:
 
             def advance(elapsed: float) -> None:
@@ -696,6 +699,8 @@ def _default_fixtures() -> str:
     return str(Path(__file__).resolve().parents[2] / "tests" / "fixtures")
 
 
+DEFAULT_BENCH_MODELS = "sam-med3d,fastsam3d"
+DEFAULT_BENCH_RUNTIMES = "torch,onednn,onnxruntime,openvino,openvino-bf16,onnxruntime-int8"
 RUNTIME_CHOICES = (
     "auto",
     "torch",
@@ -743,11 +748,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sessions", type=int, default=8, help="serve: concurrent users")
     p.add_argument("--seconds", type=float, default=60.0, help="serve: how long they click")
-    p.add_argument("--models", default="sam-med3d,fastsam3d", help="comma-separated names")
+    p.add_argument(
+        "--models",
+        default=DEFAULT_BENCH_MODELS,
+        help="comma-separated names (session, serve: one; default the bundled fastsam3d-lite)",
+    )
     p.add_argument(
         "--runtimes",
-        default="torch,onednn,onnxruntime,openvino,openvino-bf16,onnxruntime-int8",
-        help="comma-separated runtimes (those not installed are skipped)",
+        default=DEFAULT_BENCH_RUNTIMES,
+        help="comma-separated runtimes (those not installed are skipped); session and serve: "
+        "one, default auto",
     )
     p.add_argument("--sample", default="ct", help="session: bundled sample (ct, ct_dicom, mr, ...)")
     p.add_argument("--rounds", type=int, default=7)

@@ -114,12 +114,14 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "fastsam3d-lite-teacher",
             ModelConfig(encoder=_LITE_TEACHER, prompt=_LITE_PROMPT, decoder=_LITE_DECODER),
-            "Our open teacher: 12 global blocks, width 256 (trained here, see MODEL_CARD.md)",
+            "Our open teacher: conv stem + 12 global blocks, width 256, stem features in the "
+            "decoder (trained here, see MODEL_CARD.md)",
         ),
         ModelSpec(
             "fastsam3d-lite",
             ModelConfig(encoder=_LITE_STUDENT, prompt=_LITE_PROMPT, decoder=_LITE_DECODER),
-            "Our open default: 6 blocks (2 MLP-only), width 192, distilled here; weights bundled",
+            "Our open default: conv stem + 6 blocks (2 MLP-only), width 192, distilled here; "
+            "weights bundled",
             weights="fastsam3d-lite.safetensors",
             weights_sha256="5254c7b30a85ccece5fc754a091bcf00b9771489be9141a89486d2f7ac6c46d4",
             trained_on=("ct", "ct_sm", "mr"),

@@ -22,7 +22,7 @@ import torch
 from ..build import load_model
 from ..data.io import read_volume
 from ..interactive.session import Session
-from ..runtime.select import prepare
+from ..runtime.select import prepare, resolve
 from ..samples import label_value, sample
 from .encoders import machine_info
 from .timing import ForeignLoad
@@ -77,7 +77,9 @@ def benchmark_session(
     torch.set_num_threads(threads)
     tmp = tempfile.TemporaryDirectory()
     try:
-        model = prepare(load_model(model_name), runtime, threads=threads)
+        loaded = load_model(model_name)
+        runtime = resolve(runtime, loaded)  # "auto" -> the runtime it stands for here
+        model = prepare(loaded, runtime, threads=threads)
         if sample_name == "synthetic":
             image_path, labels = synthetic_ct(Path(tmp.name), seed)
             inside = np.argwhere(labels == 1).astype(float)

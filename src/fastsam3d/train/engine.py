@@ -592,15 +592,16 @@ def sample_grid(dataset: EngineRegions, indices: Sequence[int], path: Path) -> P
     axes = np.atleast_2d(axes)
     for row, index in enumerate(indices):
         sample = dataset[index]
-        image = sample["image"][0]
-        targets = F.interpolate(sample["target"][None], size=image.shape, mode="nearest")[0]
+        image_t = sample["image"][0]
+        targets = F.interpolate(sample["target"][None], size=image_t.shape, mode="nearest")[0]
+        image = image_t.numpy()
         cells = targets[0].nonzero()
         centre = (
             cells.float().mean(0).round().long().tolist()
             if len(cells)
             else [image.shape[0] // 2] * 3
         )
-        lo, hi = np.percentile(image.numpy(), [1, 99])
+        lo, hi = np.percentile(image, [1, 99])
         for col in range(3):
             ax = axes[row, col]
             sl = [slice(None)] * 3
