@@ -123,7 +123,7 @@ MODELS: dict[str, ModelSpec] = {
             "Our open default: conv stem + 6 blocks (2 MLP-only), width 192, distilled here; "
             "weights bundled",
             weights="fastsam3d-lite.safetensors",
-            weights_sha256="5254c7b30a85ccece5fc754a091bcf00b9771489be9141a89486d2f7ac6c46d4",
+            weights_sha256="62b0f598fa0c09ac90dcdc6510031cbe990f98d3f69008f920011bc4b884f234",
             trained_on=("ct", "ct_sm", "mr"),
         ),
         ModelSpec(

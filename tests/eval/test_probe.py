@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import fastsam3d
@@ -52,3 +53,33 @@ def test_empty_structures_are_skipped() -> None:
     model = fastsam3d.load_model("test-tiny-hires", seed=1)
     volume, ball = _volume_with_ball()
     assert image_dependence(model, volume, [("none", np.zeros_like(ball))]) == []
+
+
+def test_the_parts_say_which_path_the_decoder_uses() -> None:
+    """A model whose ViT embedding is blind (constant) but whose features see the image: the
+    ViT part scores zero, the feature part and the whole do not."""
+    model = fastsam3d.load_model("test-tiny-hires", seed=1)
+    volume, ball = _volume_with_ball()
+    d = model.cfg.prompt.embed_dim
+    s = model.cfg.image_size
+    with torch.inference_mode():
+        fixed = model.encode(torch.ones(1, 1, s, s, s))
+
+    class _BlindViT(_Blind):
+        def encode(self, image: torch.Tensor) -> torch.Tensor:
+            seen = self.model.encode(image)
+            return torch.cat([fixed[:, :d], seen[:, d:]], dim=1)
+
+    blind_vit = _BlindViT(model)
+    assert image_dependence(blind_vit, volume, [("ball", ball)], replace="vit")[0].changed == 0
+    assert image_dependence(blind_vit, volume, [("ball", ball)], replace="features")[0].changed > 0
+    assert image_dependence(blind_vit, volume, [("ball", ball)])[0].changed > 0
+
+
+def test_parts_need_a_model_with_features() -> None:
+    model = fastsam3d.load_model("test-tiny", seed=1)
+    volume, ball = _volume_with_ball()
+    with pytest.raises(ValueError, match="feature_channels"):
+        image_dependence(model, volume, [("ball", ball)], replace="vit")
+    with pytest.raises(ValueError, match="expected one of all, vit, features"):
+        image_dependence(model, volume, [("ball", ball)], replace="neck")

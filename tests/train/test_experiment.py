@@ -60,6 +60,7 @@ def test_experiment_trains_scores_and_records(tmp_path) -> None:
     assert set(summary.train_dice) == {1, 2}
     assert set(summary.held_out_dice) == {1, 2}
     assert summary.image_dependence >= 0.0
+    assert 0.0 <= summary.vit_dependence <= 1.0  # the tiny model has decoder features
     assert set(summary.per_structure_probe) == {"spleen"}
     folder = records / "tiny"
     for name in ("config.toml", "summary.json", "metrics.csv", "train-ct.csv", "held-out.csv"):
@@ -99,10 +100,12 @@ def test_table_keeps_one_line_per_run(tmp_path) -> None:
     first = Summary("a", "a.toml", 10, 1.0, {1: 0.5}, {1: 0.25}, 0.4, "first")
     append_line(readme, first)
     append_line(readme, Summary("b", "b.toml", 10, 1.0, {1: 0.5}, {1: 0.25}, 0.4))
-    append_line(readme, Summary("a", "a.toml", 20, 2.0, {1: 0.6}, {1: 0.3}, 0.5, "again"))
+    again = Summary("a", "a.toml", 20, 2.0, {1: 0.6}, {1: 0.3}, 0.5, "again", vit_dependence=0.02)
+    append_line(readme, again)
     lines = readme.read_text().splitlines()
     assert sum(ln.startswith("| [a](a/)") for ln in lines) == 1
-    assert "| [a](a/) | 20 | 2.0 | 0.600 | 0.300 | 50% | again |" in lines
+    assert "| [a](a/) | 20 | 2.0 | 0.600 | 0.300 | 50% | 2% | again |" in lines
+    assert "| [b](b/) | 10 | 1.0 | 0.500 | 0.250 | 40% | - |  |" in lines
     assert lines[0] == "# Experiments"
 
 

@@ -8,6 +8,11 @@ sees does not. The score of a structure is the fraction of voxels that change,
 ``min(1, |A xor B| / |A|)`` (``A`` the real image's mask on the model's ``S^3`` region; 1 means
 the two masks have nothing in common, and a blank-image mask many times larger than ``A`` counts
 no more than that).
+
+``replace`` chooses what is taken from the constant image: everything ``encode`` returns
+(``"all"``, the default), only the ViT's embedding (``"vit"``) or only the high-resolution
+features handed to the decoder (``"features"``). The part-wise forms show which path a model
+with both actually uses (a model can look at the image through its features alone).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
 from ..data.volume import Volume
 from ..modeling.sam3d import upsample_logits
 from .clicks import CenterClicker
+
+PARTS = ("all", "vit", "features")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ def image_dependence(
     structures: Sequence[tuple[str, np.ndarray]],
     frame: FrameSpec | None = None,
     seed: int = 0,
+    replace: str = "all",
 ) -> list[ProbeResult]:
     """The probe on ``structures`` (``(name, (I, J, K) bool mask)``) of one volume.
 
@@ -50,7 +58,18 @@ def image_dependence(
         structures: ground-truth masks on the volume's grid (they place the click).
         frame: model frame (default: the model's input size, 1.5 mm, z-normalised).
         seed: seed of the click choice among equally central voxels.
+        replace: ``"all"``, ``"vit"`` or ``"features"``: the part of the encoder's output
+            taken from the constant image (the parts need a :class:`~fastsam3d.Sam3D` with
+            high-resolution features).
     """
+    if replace not in PARTS:
+        raise ValueError(f"replace={replace!r}: expected one of {', '.join(PARTS)}")
+    if replace != "all" and not model.cfg.encoder.feature_channels:
+        raise ValueError(
+            f"replace={replace!r} needs a model with high-resolution decoder features "
+            "(EncoderConfig.feature_channels); this one has none: use replace='all'"
+        )
+    vit_channels = model.cfg.prompt.embed_dim
     frame = frame or FrameSpec(size=model.cfg.image_size)
     size, low = frame.size, model.cfg.low_res_size
     device, dtype = model.device, model.dtype
@@ -67,8 +86,10 @@ def image_dependence(
         constant = torch.zeros_like(image)
         masks = []
         with torch.inference_mode():
-            for x in (image, constant):
-                embedding = model.encode(x[None, None].to(device=device, dtype=dtype))
+            real_embedding = model.encode(image[None, None].to(device=device, dtype=dtype))
+            blank_embedding = model.encode(constant[None, None].to(device=device, dtype=dtype))
+            blank_embedding = _mix(real_embedding, blank_embedding, replace, vit_channels)
+            for embedding in (real_embedding, blank_embedding):
                 logits, _ = model.decode(
                     embedding,
                     torch.from_numpy(point[None, None].astype(np.float32)).to(device),
@@ -81,3 +102,13 @@ def image_dependence(
         changed = min(1.0, float((real ^ blank).sum()) / max(voxels, 1))
         results.append(ProbeResult(name, changed, voxels))
     return results
+
+
+def _mix(real: torch.Tensor, blank: torch.Tensor, replace: str, vit_channels: int) -> torch.Tensor:
+    """``encode`` output ``(1, C, G, G, G)`` with ``replace`` taken from ``blank`` (the ViT's
+    embedding is the first ``vit_channels`` channels, the packed features the rest)."""
+    if replace == "all":
+        return blank
+    if replace == "vit":
+        return torch.cat([blank[:, :vit_channels], real[:, vit_channels:]], dim=1)
+    return torch.cat([real[:, :vit_channels], blank[:, vit_channels:]], dim=1)

@@ -7,7 +7,9 @@ a recipe works:
   learn what it was shown?);
 - **held-out**: the same on every structure of the held-out DICOM CT (does it generalise?);
 - **image dependence**: :func:`~fastsam3d.eval.probe.image_dependence` on the held-out CT's
-  structures (does the mask change when the image is replaced by a constant?).
+  structures (does the mask change when the image is replaced by a constant?), and for models
+  with high-resolution decoder features the same with only the ViT's embedding replaced (does
+  the ViT matter, or does the decoder see the image through the features alone?).
 
 Both evaluations use the realistic protocol (a :class:`~fastsam3d.interactive.session.Session`
 on the original grid) with the centre click simulator and seed 0, as the model card does. Each run
@@ -59,7 +61,7 @@ HELD_OUT_SAMPLE = "ct_dicom"
 CLICKS = (1, 3, 5, 10)
 TABLE_HEADER = (
     "| run | steps | train min | train Dice@1/3/5/10 | held-out Dice@1/3/5/10 "
-    "| image dependence | note |\n|---|---:|---:|---|---|---:|---|\n"
+    "| image dependence | ViT dependence | note |\n|---|---:|---:|---|---|---:|---:|---|\n"
 )
 
 
@@ -77,6 +79,8 @@ class Summary:
     """Mean fraction of the predicted voxels that change when the image is a constant."""
     note: str = ""
     per_structure_probe: dict[str, float] = field(default_factory=dict)
+    vit_dependence: float = float("nan")
+    """The same with only the ViT's embedding replaced (NaN: the model has no features)."""
 
     def line(self) -> str:
         """The run's row of ``README.md``."""
@@ -87,8 +91,12 @@ class Summary:
         return (
             f"| [{self.name}]({self.name}/) | {self.steps} | {self.train_minutes:.1f} | "
             f"{dice(self.train_dice)} | {dice(self.held_out_dice)} | "
-            f"{100 * self.image_dependence:.0f}% | {self.note} |"
+            f"{_percent(self.image_dependence)} | {_percent(self.vit_dependence)} | {self.note} |"
         )
+
+
+def _percent(value: float) -> str:
+    return "-" if np.isnan(value) else f"{100 * value:.0f}%"
 
 
 def mean_dice(
@@ -110,13 +118,15 @@ def score_model(
     train_structures: Sequence[str] = TRAIN_STRUCTURES,
     held_out_structures: Sequence[str] | None = None,
     clicks: Sequence[int] = CLICKS,
-) -> tuple[dict[int, float], dict[int, float], list[tuple[str, float]]]:
-    """Train and held-out Dice (after each of ``clicks``) and the image-dependence probe.
+) -> tuple[dict[int, float], dict[int, float], list[tuple[str, float]], float]:
+    """Train and held-out Dice (after each of ``clicks``) and the image-dependence probes.
 
     Args:
         held_out_structures: structures of the held-out scan (``None``: all).
 
-    Returns ``(train dice, held-out dice, [(structure, changed fraction), ...])``.
+    Returns ``(train dice, held-out dice, [(structure, changed fraction), ...], ViT
+    dependence)`` (the last: mean changed fraction with only the ViT's embedding replaced;
+    NaN for models without high-resolution features).
     """
     method = Method(label, model)
     results = []
@@ -145,7 +155,12 @@ def score_model(
         if m.sum() > 0 and (held_out_structures is None or s.name in held_out_structures)
     ]
     probe = [(r.structure, r.changed) for r in image_dependence(model, volume, wanted)]
-    return results[0], results[1], probe
+    vit = float("nan")
+    if model.cfg.encoder.feature_channels:
+        vit = float(
+            np.mean([r.changed for r in image_dependence(model, volume, wanted, replace="vit")])
+        )
+    return results[0], results[1], probe, vit
 
 
 def run_experiment(
@@ -179,7 +194,7 @@ def run_experiment(
     metrics = Path(config.run.out_dir) / "metrics.csv"
     train_minutes = _train_minutes(metrics, fallback=(time.perf_counter() - t0) / 60)
     model = load_model(None, Path(config.run.out_dir) / "model.safetensors")
-    train, held, probe = score_model(model, name, Path(config.run.out_dir) / "scores", **score)
+    train, held, probe, vit = score_model(model, name, Path(config.run.out_dir) / "scores", **score)
     summary = Summary(
         name=name,
         config=str(config_path),
@@ -190,6 +205,7 @@ def run_experiment(
         image_dependence=float(np.mean([c for _, c in probe])) if probe else float("nan"),
         note=note,
         per_structure_probe=dict(probe),
+        vit_dependence=vit,
     )
     write_records(summary, config_path, metrics, out, Path(config.run.out_dir) / "scores")
     append_line(Path(out_root) / "README.md", summary)
@@ -213,7 +229,7 @@ def score_checkpoint(
     out = Path(out_root) / name
     out.mkdir(parents=True, exist_ok=True)
     scores = Path(scores_dir) if scores_dir else Path("runs") / "scores" / name
-    train, held, probe = score_model(model, name, scores, **score)
+    train, held, probe, vit = score_model(model, name, scores, **score)
     summary = Summary(
         name=name,
         config=str(checkpoint),
@@ -224,6 +240,7 @@ def score_checkpoint(
         image_dependence=float(np.mean([c for _, c in probe])) if probe else float("nan"),
         note=note,
         per_structure_probe=dict(probe),
+        vit_dependence=vit,
     )
     for part in ("train-ct", "held-out"):
         results = scores / part / "results.csv"
