@@ -65,3 +65,45 @@ def test_the_step_adds_it_only_when_asked(weight: float) -> None:
     )(image, target, torch.tensor([0]))
     expected = prototype_loss(model.encode(image), target) if weight else torch.zeros(())
     torch.testing.assert_close(with_aux - plain, weight * expected, atol=1e-5, rtol=1e-4)
+
+
+def _loss(step: InteractiveStep, image: torch.Tensor, target: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(step(image, target, torch.tensor([0])))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 1.0])
+def test_feature_dropout_hides_the_features_from_the_decoder(dropout: float) -> None:
+    """With every target's features dropped the loss no longer depends on the feature heads;
+    without dropout it does."""
+    model = build_model("test-tiny-hires", seed=0)
+    config = parse_config(train_config("unused")).interactive
+    assert config is not None
+    config = dataclasses.replace(config, feature_dropout=dropout, click_iterations=2)
+    step = InteractiveStep(model, config, make_simulator("random"), seed=0)
+    image = torch.randn(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(1))
+    target = _two_structures(64)
+    before = _loss(step, image, target)
+    assert model.image_encoder.features is not None
+    with torch.no_grad():
+        for p in model.image_encoder.features.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    after = _loss(step, image, target)
+    if dropout == 1.0:
+        assert after == pytest.approx(before, abs=1e-6)
+    else:
+        assert abs(after - before) > 1e-4
+
+
+def test_feature_dropout_needs_features_and_a_probability() -> None:
+    config = parse_config(train_config("unused")).interactive
+    assert config is not None
+    with pytest.raises(ValueError, match="feature_channels"):
+        InteractiveStep(
+            build_model("test-tiny", seed=0),
+            dataclasses.replace(config, feature_dropout=0.5),
+            make_simulator("random"),
+            seed=0,
+        )
+    with pytest.raises(ValueError, match=r"feature_dropout must be in \[0, 1\], got 1.5"):
+        dataclasses.replace(config, feature_dropout=1.5)

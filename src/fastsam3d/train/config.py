@@ -204,6 +204,17 @@ class InteractiveConfig:
     """Weight of :func:`~fastsam3d.train.objectives.prototype_loss` on the image embedding (each
     structure must be separable from the embedding alone): a direct signal for an encoder
     trained from scratch, which otherwise learns slowly behind the decoder (0: off)."""
+    feature_dropout: float = 0.0
+    """Probability, per target, that the high-resolution image features handed to the decoder
+    (models with ``EncoderConfig.feature_channels``) are zeroed for the target's whole click
+    loop, so the decoder must also segment from the ViT's embedding. Without it the lite
+    decoder learned to ignore the embedding (model card). 0: off."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.feature_dropout <= 1.0:
+            raise ValueError(
+                f"[interactive] feature_dropout must be in [0, 1], got {self.feature_dropout!r}"
+            )
 
 
 @dataclass(frozen=True)

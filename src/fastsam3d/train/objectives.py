@@ -126,6 +126,12 @@ class InteractiveStep(nn.Module):
         self, model: Sam3D, config: InteractiveConfig, simulator: ClickSimulator, seed: int
     ) -> None:
         super().__init__()
+        if config.feature_dropout > 0 and not model.cfg.encoder.feature_channels:
+            raise ValueError(
+                f"[interactive] feature_dropout = {config.feature_dropout} needs a model with "
+                "high-resolution decoder features (EncoderConfig.feature_channels); this one "
+                "has none: set it to 0"
+            )
         self.model = model
         self.config, self.simulator, self.seed = config, simulator, seed
 
@@ -138,6 +144,24 @@ class InteractiveStep(nn.Module):
             picks = rng.choice(np.arange(1, n - 1), size=min(extra - 1, n - 2), replace=False)
             chosen = [int(c) for c in picks]
         return {n - 1, *chosen}
+
+    def _drop_features(
+        self, embedding: torch.Tensor, indices: torch.Tensor, per_region: int
+    ) -> torch.Tensor:
+        """``(B * M, C, G, G, G)`` encoder output with the packed high-resolution features
+        (channels after the ViT's embedding) zeroed for a ``feature_dropout`` share of the
+        targets; the draw depends only on the seed, the sample index and the target."""
+        drop = [
+            sample_rng(self.seed, int(i), stream=50 + m).random() < self.config.feature_dropout
+            for i in indices
+            for m in range(per_region)
+        ]
+        if not any(drop):
+            return embedding
+        keep = torch.tensor([0.0 if d else 1.0 for d in drop], dtype=embedding.dtype)
+        keep = keep.to(embedding.device).view(-1, 1, 1, 1, 1)
+        d = self.model.cfg.prompt.embed_dim
+        return torch.cat([embedding[:, :d], embedding[:, d:] * keep], dim=1)
 
     def loss_targets(self, target: torch.Tensor) -> torch.Tensor:
         """``(B, M, T, T, T)`` targets on the loss grid: ``config.loss_size`` (area-pooled and
@@ -176,6 +200,8 @@ class InteractiveStep(nn.Module):
         aux = prototype_loss(vit, target) if weight and encoder_trains else None
         if per_region > 1:
             embedding = embedding.repeat_interleave(per_region, dim=0)
+        if cfg.feature_dropout > 0:
+            embedding = self._drop_features(embedding, indices, per_region)
         target = target.reshape(-1, 1, *target.shape[2:])
         b = target.shape[0]
         truth = (target[:, 0] > 0.5).cpu().numpy()
