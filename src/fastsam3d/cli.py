@@ -79,10 +79,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .runtime.select import available
 
     interactive = args.target in ("session", "serve")
-    if interactive and args.runtimes == DEFAULT_BENCH_RUNTIMES:
-        args.runtimes = "auto"  # what a user of the bundled model gets
-    if interactive and args.models == DEFAULT_BENCH_MODELS:
-        args.models = "fastsam3d-lite"  # the bundled model
+    if args.runtimes is None:  # session, serve: what a user of the bundled model gets
+        args.runtimes = "auto" if interactive else DEFAULT_BENCH_RUNTIMES
+    if args.models is None:
+        args.models = "fastsam3d-lite" if interactive else DEFAULT_BENCH_MODELS
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     for runtime in runtimes:
         if runtime not in RUNTIME_CHOICES or (runtime == "auto" and not interactive):
@@ -750,14 +750,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=60.0, help="serve: how long they click")
     p.add_argument(
         "--models",
-        default=DEFAULT_BENCH_MODELS,
-        help="comma-separated names (session, serve: one; default the bundled fastsam3d-lite)",
+        help=f"comma-separated names (default {DEFAULT_BENCH_MODELS}; session and serve: one, "
+        "default the bundled fastsam3d-lite)",
     )
     p.add_argument(
         "--runtimes",
-        default=DEFAULT_BENCH_RUNTIMES,
-        help="comma-separated runtimes (those not installed are skipped); session and serve: "
-        "one, default auto",
+        help=f"comma-separated runtimes, those not installed are skipped (default "
+        f"{DEFAULT_BENCH_RUNTIMES}; session and serve: one, default auto)",
     )
     p.add_argument("--sample", default="ct", help="session: bundled sample (ct, ct_dicom, mr, ...)")
     p.add_argument("--rounds", type=int, default=7)

@@ -156,7 +156,7 @@ def score_model(
     ]
     probe = [(r.structure, r.changed) for r in image_dependence(model, volume, wanted)]
     vit = float("nan")
-    if model.cfg.encoder.feature_channels:
+    if model.cfg.encoder.feature_channels and probe:
         vit = float(
             np.mean([r.changed for r in image_dependence(model, volume, wanted, replace="vit")])
         )
