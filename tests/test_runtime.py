@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -201,10 +203,23 @@ def test_models_with_a_detail_refiner_run_on_every_runtime(tmp_path, gen) -> Non
 
 
 @needs_exports
-def test_models_with_image_features_run_on_every_runtime(tmp_path, gen) -> None:
+@pytest.mark.parametrize("variant", ["v2", "v3"])
+def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant) -> None:
     """The lite layout (conv stem, features packed into the embedding, fine prompt path) runs
-    unchanged on every runtime."""
+    unchanged on every runtime; ``v3`` adds LayerScale, the attention distance bias and open
+    feature gates."""
     model = fastsam3d.load_model("test-tiny-hires", seed=7)
+    if variant == "v3":
+        cfg = model.cfg
+        cfg = dataclasses.replace(
+            cfg,
+            encoder=dataclasses.replace(cfg.encoder, layer_scale_init=0.5, attn_distance_bias=True),
+            decoder=dataclasses.replace(cfg.decoder, feature_gates=True),
+        )
+        model = fastsam3d.build_model(cfg, seed=7).eval()
+        with torch.no_grad():
+            model.mask_decoder.feature_gate8.fill_(0.7)
+            model.mask_decoder.feature_gate4.fill_(1.3)
     image, points, labels = tiny_inputs(model, gen, n_points=2)
     zeros = torch.zeros(1, 1, 16, 16, 16)
     with torch.inference_mode():

@@ -17,6 +17,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, PathLike, read_checkpoint
 from .config import AttentionImpl, ModelConfig, SparseAttentionConfig
+from .modeling.attention import EncoderAttention
 from .modeling.detail import DetailRefiner
 from .modeling.layers import LayerNorm3d
 from .modeling.prompt_encoder import PositionEmbeddingRandom3D
@@ -148,6 +149,7 @@ def load_model(
         net = build_meta(cfg).to_empty(device="cpu")
         check_state_dict(net, state, label)
         net.load_state_dict(state, strict=True)
+        fill_fixed_tables(net)
     return net.to(device=device, dtype=dtype).eval()
 
 
@@ -219,13 +221,25 @@ def matching_models(state: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 @torch.no_grad()
+def fill_fixed_tables(model: nn.Module) -> list[torch.Tensor]:
+    """Fill the fixed, unsaved tables (the encoder's attention distance bias) of a model made
+    with ``to_empty``; returns them. They are functions of the architecture, not weights."""
+    tables = []
+    for module in model.modules():
+        if isinstance(module, EncoderAttention) and module.distance is not None:
+            module.reset_distance_bias()
+            tables.append(module.distance)
+    return tables
+
+
+@torch.no_grad()
 def init_weights(model: Sam3D, generator: torch.Generator) -> None:
     """Initialise every parameter and buffer of ``model`` (on CPU) from ``generator``.
 
     Linear: truncated normal (std 0.02), zero bias. Convolutions: Kaiming normal (fan-in), zero
     bias. LayerNorms: 1 / 0. Embeddings and the Fourier matrix: standard normal. Absolute
     position embedding: truncated normal (0.02); relative position tables: zeros (upstream's
-    ``rel_pos_zero_init``).
+    ``rel_pos_zero_init``). LayerScale vectors: ``EncoderConfig.layer_scale_init``.
     """
     done: set[int] = set()
 
@@ -261,6 +275,14 @@ def init_weights(model: Sam3D, generator: torch.Generator) -> None:
         elif ".rel_pos_" in name:
             nn.init.zeros_(param)
             mark(param)
+        elif name.endswith((".feature_gate8", ".feature_gate4")):
+            nn.init.zeros_(param)  # the features start switched off
+            mark(param)
+        elif name.endswith((".ls1", ".ls2")):
+            nn.init.constant_(param, model.cfg.encoder.layer_scale_init)
+            mark(param)
+    for table in fill_fixed_tables(model):
+        mark(table)
     for module in model.modules():
         if isinstance(module, DetailRefiner):
             module.zero_output()  # a refiner added to a trained model changes nothing at first

@@ -132,6 +132,16 @@ class EncoderConfig:
     """High-resolution image features handed to the mask decoder: ``(f8, f4)`` channels at
     ``S/8`` and ``S/4`` (1x1 projections of the stem's outputs; the decoder's upscaling widths).
     Empty: none (upstream). Needs a stem."""
+    layer_scale_init: float = 0.0
+    """LayerScale (CaiT): each block's attention and MLP branch is multiplied by a learned
+    per-channel vector (``ls1``, ``ls2``) initialised to this value, so blocks start close to
+    the identity and the stem's content reaches the neck from the first step. 0: none
+    (upstream)."""
+    attn_distance_bias: bool = False
+    """3D ALiBi: a fixed ``-slope * distance`` added to each head's attention logits, slopes
+    from 2 (local) to 1/16 (nearly global) over the heads, so attention is neither uniform nor
+    position-blind at the start of training. Needs global dense attention (``window_size``
+    0 for every block, no ``sparse``). False: none (upstream)."""
 
     def __post_init__(self) -> None:
         _check_choice("block_formula", self.block_formula, BlockFormula)
@@ -145,6 +155,13 @@ class EncoderConfig:
                 f"feature_channels must be two widths (S/8, S/4) and needs a stem, got "
                 f"{self.feature_channels} with stem {self.stem_channels}"
             )
+        if self.attn_distance_bias and (self.window_size != 0 or self.sparse is not None):
+            raise ValueError(
+                "attn_distance_bias needs global dense attention: window_size 0 and no sparse "
+                f"patterns (got window_size {self.window_size}, sparse {self.sparse})"
+            )
+        if self.layer_scale_init < 0:
+            raise ValueError(f"layer_scale_init must be >= 0, got {self.layer_scale_init}")
         if any(c < 1 for c in (*self.stem_channels, *self.feature_channels)):
             raise ValueError("stem and feature widths must be positive")
         _check_choice("attn_impl", self.attn_impl, AttentionImpl)
@@ -245,6 +262,11 @@ class DecoderConfig:
     image_features: bool = False
     """Add the encoder's high-resolution features (``EncoderConfig.feature_channels``) after
     each upscaling stage (SAM 2's decoder), so masks can follow edges inside a ``16^3`` patch."""
+    feature_gates: bool = False
+    """Scale the image features by learned per-channel gates that start at zero
+    (``feature_gate8``, ``feature_gate4``): the decoder first learns from the ViT's embedding
+    and lets the features in as they help (without gates they become a shortcut that leaves
+    the ViT unused; experiments e03-e08). Needs ``image_features``."""
     refine_channels: int = 0
     """Width of the detail refiner (0: none, as upstream). With it, :meth:`Sam3D.encode` packs
     the image's statistics on the logit grid into the embedding and a small dilated 3D conv net
@@ -302,6 +324,8 @@ class ModelConfig:
             )
         if self.encoder.feature_channels and not self.decoder.image_features:
             raise ValueError("encoder.feature_channels are set but decoder.image_features is off")
+        if self.decoder.feature_gates and not self.decoder.image_features:
+            raise ValueError("decoder.feature_gates needs decoder.image_features")
         if self.prompt.fine_channels and self.prompt.fine_channels != widths[1]:
             raise ValueError(
                 f"prompt.fine_channels ({self.prompt.fine_channels}) must equal the decoder's "

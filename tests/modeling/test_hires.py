@@ -134,3 +134,37 @@ def test_the_lite_config_round_trips() -> None:
     cfg = fastsam3d.get_spec("test-tiny-hires").config
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert build_model(cfg, seed=0).image_encoder.stem is not None
+
+
+def test_feature_gates_start_closed_and_scale_the_features(gen) -> None:
+    base = fastsam3d.get_spec("test-tiny-hires").config
+    gated_cfg = dataclasses.replace(
+        base, decoder=dataclasses.replace(base.decoder, feature_gates=True)
+    )
+    gated = build_model(gated_cfg, seed=5).eval()
+    plain = build_model(base, seed=5).eval()
+    assert set(gated.state_dict()) - set(plain.state_dict()) == {
+        "mask_decoder.feature_gate8",
+        "mask_decoder.feature_gate4",
+    }
+    image, points, labels = tiny_inputs(gated, gen, batch=1, n_points=2)
+    zeros = torch.zeros(1, 1, 16, 16, 16)
+    d = base.prompt.embed_dim
+    with torch.inference_mode():
+        emb = gated.encode(image)
+        no_features = emb.clone()
+        no_features[:, d:] = 0
+        closed = gated.decode(emb, points, labels, zeros)[0]
+        assert torch.equal(closed, gated.decode(no_features, points, labels, zeros)[0])
+        gated.mask_decoder.feature_gate8.fill_(1.0)
+        gated.mask_decoder.feature_gate4.fill_(1.0)
+        plain.load_state_dict(gated.state_dict(), strict=False)
+        opened = gated.decode(emb, points, labels, zeros)[0]
+        torch.testing.assert_close(opened, plain.decode(emb, points, labels, zeros)[0])
+        assert not torch.allclose(opened, closed)
+    with pytest.raises(ValueError, match="feature_gates"):
+        dataclasses.replace(
+            base,
+            encoder=dataclasses.replace(base.encoder, feature_channels=()),
+            decoder=dataclasses.replace(base.decoder, image_features=False, feature_gates=True),
+        )

@@ -141,3 +141,29 @@ def test_every_shipped_recipe_and_experiment_config_parses() -> None:
     for path in paths:
         config = load_config(path)
         assert config.run.steps >= 1, path
+
+
+def test_decay_vectors_false_exempts_vectors_and_position_tables(tmp_path) -> None:
+    from fastsam3d.train.loop import Trainer
+
+    cfg = train_config(str(tmp_path))
+    cfg["optim"]["weight_decay"] = 0.05
+    names = {}
+    for decay_vectors in (True, False):
+        cfg["optim"]["decay_vectors"] = decay_vectors
+        trainer = Trainer(parse_config(cfg), "train", progress=False)
+        by_id = {id(p): n for n, p in trainer.step_module.named_parameters()}
+        names[decay_vectors] = {
+            by_id[id(p)]: group["weight_decay"]
+            for group in trainer.optimizer.param_groups
+            for p in group["params"]
+        }
+    assert set(names[True].values()) == {0.05}
+    undecayed = {n for n, wd in names[False].items() if wd == 0.0}
+    assert set(names[False]) == set(names[True])  # every parameter is still trained
+    assert any(n.endswith("pos_embed") for n in undecayed)
+    assert any(".rel_pos_" in n for n in undecayed)
+    assert any(n.endswith("norm1.weight") for n in undecayed)
+    assert any(n.endswith("qkv.bias") for n in undecayed)
+    assert all(not n.endswith("qkv.weight") for n in undecayed)
+    assert any(n.endswith("qkv.weight") and wd == 0.05 for n, wd in names[False].items())

@@ -47,6 +47,9 @@ class EncoderAttention(nn.Module):
         window: window side (0 = global attention).
         impl: ``"sdpa"`` or ``"eager"``.
         sparse: dilated attention patterns, or ``None`` for dense attention.
+        distance_bias: add a fixed ``-slope_h * distance(i, j)`` to the logits of head ``h``
+            (distance between token centres in grid cells; slopes ``2^1 ... 2^-4``, one per
+            head): a 3D ALiBi that makes some heads local and others global from the start.
     """
 
     def __init__(
@@ -59,8 +62,18 @@ class EncoderAttention(nn.Module):
         window: int,
         impl: AttentionImpl = "sdpa",
         sparse: SparseAttentionConfig | None = None,
+        distance_bias: bool = False,
     ) -> None:
         super().__init__()
+        if distance_bias and (sparse is not None or window != 0):
+            raise ValueError("distance_bias needs dense global attention (window 0, no sparse)")
+        self.distance_side = rel_pos_side
+        self.distance: torch.Tensor | None
+        self.register_buffer(
+            "distance",
+            distance_bias_table(num_heads, rel_pos_side) if distance_bias else None,
+            persistent=False,
+        )
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
@@ -92,6 +105,28 @@ class EncoderAttention(nn.Module):
             out = self._attend_padded_window(q, k, v, g)
         return self.proj(out.transpose(1, 2).reshape(b, g, g, g, c))
 
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention weights ``(B, H, N, N)`` (``N = G^3``, rows sum to 1) of a global dense
+        block for tokens ``(B, G, G, G, C)``; for inspection (the forward pass never forms them
+        on the fast path)."""
+        b, g = x.shape[:2]
+        if self.sparse is not None or self.window not in (0, g):
+            raise ValueError("probabilities() is defined for global dense attention only")
+        q, k, _ = self._project(x.reshape(b, g**3, -1))
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        if self.use_rel_pos:
+            logits = logits + relpos.dense_bias(self._terms(q, g, g))
+        if self.distance is not None:
+            logits = logits + self.distance.to(logits.dtype)
+        return logits.softmax(dim=-1)
+
+    @torch.no_grad()
+    def reset_distance_bias(self) -> None:
+        """Refill the distance table (a model built on the ``meta`` device has none yet)."""
+        if self.distance is not None:
+            table = distance_bias_table(self.num_heads, self.distance_side)
+            self.distance.copy_(table.to(self.distance.device, self.distance.dtype))
+
     # -- fast paths --------------------------------------------------------------------------
 
     def _project(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,6 +145,9 @@ class EncoderAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: int
     ) -> torch.Tensor:
         mask = relpos.dense_bias(self._terms(q, g, g)) if self.use_rel_pos else None
+        if self.distance is not None:
+            table = self.distance.to(q.dtype)
+            mask = table if mask is None else mask + table
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def _qkv_bias(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -208,4 +246,17 @@ class EncoderAttention(nn.Module):
                 + t.h[:, :, :, :, None, :, None, :]
                 + t.w[:, :, :, :, None, None, :, :]
             ).view(bw, h, n, n)
+        if self.distance is not None:
+            attn = attn + self.distance.to(attn.dtype)
         return attn.softmax(dim=-1) @ v
+
+
+def distance_bias_table(num_heads: int, side: int) -> torch.Tensor:
+    """``(H, N, N)`` with ``N = side^3``: ``-slope_h * |p_i - p_j|`` (Euclidean, in grid cells,
+    flat index ``(d * side + h) * side + w``); slopes ``2^1`` down to ``2^-4``, evenly spaced in
+    log scale over the heads (one head: ``2^-1``)."""
+    axis = torch.arange(side, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    distance = torch.cdist(grid, grid)
+    slopes = torch.tensor([0.5]) if num_heads == 1 else 2.0 ** torch.linspace(1.0, -4.0, num_heads)
+    return -slopes[:, None, None] * distance[None]

@@ -79,6 +79,7 @@ class Block3D(nn.Module):
 
     ``block_formula="prenorm"``: ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``.
     ``block_formula="fastsam3d"``: ``x = x + attn(norm1(x)); x = norm2(x); x = x + mlp(x)``.
+    With ``layer_scale_init > 0`` the branches are ``ls1 * attn(...)`` and ``ls2 * mlp(...)``.
     """
 
     def __init__(self, cfg: EncoderConfig, index: int) -> None:
@@ -99,18 +100,28 @@ class Block3D(nn.Module):
                 window=window,
                 impl=cfg.attn_impl,
                 sparse=cfg.sparse,
+                distance_bias=cfg.attn_distance_bias,
             )
         self.norm2 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.mlp = MLPBlock(dim, int(dim * cfg.mlp_ratio))
+        self.ls1: nn.Parameter | None = None
+        self.ls2: nn.Parameter | None = None
+        if cfg.layer_scale_init > 0:
+            if self.attn is not None:
+                self.ls1 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
+            self.ls2 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, G, G, G, C)`` -> same."""
         if self.attn is not None and self.norm1 is not None:
-            x = x + self.attn(self.norm1(x))
+            branch = self.attn(self.norm1(x))
+            x = x + (branch if self.ls1 is None else self.ls1 * branch)
         if self.formula == "prenorm":
-            return x + self.mlp(self.norm2(x))
-        x = self.norm2(x)
-        return x + self.mlp(x)
+            branch = self.mlp(self.norm2(x))
+        else:
+            x = self.norm2(x)
+            branch = self.mlp(x)
+        return x + (branch if self.ls2 is None else self.ls2 * branch)
 
 
 class ImageEncoderViT3D(nn.Module):

@@ -159,6 +159,11 @@ class MaskDecoder3D(nn.Module):
             nn.GELU(),
         )
         self.image_features = cfg.image_features
+        self.feature_gate8: nn.Parameter | None = None
+        self.feature_gate4: nn.Parameter | None = None
+        if cfg.feature_gates:
+            self.feature_gate8 = nn.Parameter(torch.zeros(1, w2, 1, 1, 1))
+            self.feature_gate4 = nn.Parameter(torch.zeros(1, w4, 1, 1, 1))
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(dim, dim, w4, 3) for _ in range(self.num_mask_tokens)
         )
@@ -238,11 +243,16 @@ class MaskDecoder3D(nn.Module):
         if self.image_features:
             if features is None or len(features) != 2:
                 raise ValueError("this decoder adds image features: pass the encoder's two maps")
-            x = x + features[0]
+            x = x + _gated(features[0], self.feature_gate8)
         x = up2(act1(norm1(x)))
         if self.image_features:
             assert features is not None
-            x = x + features[1]
+            x = x + _gated(features[1], self.feature_gate4)
         if fine is not None:
             x = x + fine
         return act2(x)
+
+
+def _gated(feature: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """``feature`` scaled by a per-channel ``gate`` ``(1, C, 1, 1, 1)`` (``None``: as is)."""
+    return feature if gate is None else gate * feature

@@ -139,6 +139,10 @@ class OptimConfig:
     grad_accum: int = 1
     clip_grad: float = 0.0
     """Clip the gradient norm to this value (0: off)."""
+    decay_vectors: bool = True
+    """Apply weight decay to every parameter. False: the usual ViT practice, no decay for
+    vectors (norm gains, biases, LayerScale), the position embedding and the relative-position
+    tables (decay pulls them to zero, and zero position tables mean position-blind attention)."""
 
 
 @dataclass(frozen=True)

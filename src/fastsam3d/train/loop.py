@@ -242,13 +242,20 @@ class Trainer:
             for name in ("prompt_encoder", "mask_decoder")
             for p in getattr(self.model, name).parameters()
         }
-        main = [p for p in self.trainable if id(p) not in decoder]
-        dec = [p for p in self.trainable if id(p) in decoder]
+        undecayed = set() if self.config.optim.decay_vectors else _undecayed(self.step_module)
         groups = []
-        if main:
-            groups.append({"params": main, "lr": self.config.optim.lr})
-        if dec:
-            groups.append({"params": dec, "lr": self.config.optim.lr * self.decoder_lr_scale})
+        for in_decoder, lr in ((False, 1.0), (True, self.decoder_lr_scale)):
+            for no_decay in (False, True):
+                params = [
+                    p
+                    for p in self.trainable
+                    if (id(p) in decoder) == in_decoder and (id(p) in undecayed) == no_decay
+                ]
+                if params:
+                    group: dict[str, Any] = {"params": params, "lr": self.config.optim.lr * lr}
+                    if no_decay:
+                        group["weight_decay"] = 0.0
+                    groups.append(group)
         return groups
 
     # -- one step ---------------------------------------------------------------------------
@@ -552,3 +559,13 @@ class _Pooled(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.base[index % self.pool]
+
+
+def _undecayed(module: nn.Module) -> set[int]:
+    """Ids of the parameters the usual ViT practice does not decay: vectors (norm gains,
+    biases, LayerScale), position embeddings and relative-position tables."""
+    return {
+        id(p)
+        for name, p in module.named_parameters()
+        if p.ndim <= 1 or name.endswith("pos_embed") or ".rel_pos_" in name
+    }
