@@ -215,6 +215,11 @@ class Session:
         return self._roi
 
     @property
+    def pending_clicks(self) -> int:
+        """Clicks added with ``predict=False`` that :meth:`predict` has not used yet."""
+        return len(self._pending)
+
+    @property
     def prompts(self) -> tuple[Click, ...]:
         """All clicks so far, predicted or pending, oldest first."""
         return tuple(self._clicks + self._pending)

@@ -220,6 +220,19 @@ class Annotation:
             obj.session.set_mask(labels == value)
         self._changed(ALL, *self.objects)
 
+    def set_mask(self, label: int, mask: np.ndarray) -> AnnotatedObject:
+        """Start object ``label`` from an ``(I, J, K)`` mask on the image's grid (its clicks
+        and redo stack are forgotten; later clicks refine the mask)."""
+        obj = self.get(label)
+        if mask.shape != self.volume.shape:
+            raise AnnotationError(
+                f"mask shape {mask.shape} differs from the image {self.volume.shape}"
+            )
+        obj.session.set_mask(mask.astype(bool))
+        obj.redo.clear()
+        self._changed(ALL, obj)
+        return obj
+
     # -- clicks -----------------------------------------------------------------------------
 
     def click(
@@ -228,15 +241,23 @@ class Annotation:
         positive: bool,
         frame: PointFrame = "voxel",
         label: int | None = None,
-    ) -> ClickOutcome:
+        *,
+        predict: bool = True,
+    ) -> ClickOutcome | None:
         """Add a click to an object (default: the active one) and predict its new mask.
 
         A click clears the object's redo stack. If the prediction fails, the object is left
-        exactly as it was and the error is raised.
+        exactly as it was and the error is raised. ``predict=False`` only queues the click
+        (returns ``None``); :meth:`predict` then predicts from every queued click at once.
         """
         obj = self.get(label)
         world: WorldConvention | None = None if frame == "voxel" else frame
         session = obj.session
+        if not predict:
+            session.add_click(point, positive, world=world, predict=False)
+            obj.redo.clear()
+            self.active = obj.label
+            return None
         before = len(session.prompts)
         try:
             result = self.run(lambda: session.add_click(point, positive, world=world))
@@ -246,6 +267,24 @@ class Annotation:
             raise
         assert result is not None
         obj.redo.clear()
+        self.active = obj.label
+        self._changed(result.changed, obj)
+        return ClickOutcome(
+            obj.label, obj.voxels, result.new_region, result.iou, dict(result.timings_ms)
+        )
+
+    def pending(self, label: int | None = None) -> int:
+        """Clicks of the object queued with ``predict=False`` and not yet predicted."""
+        return self.get(label).session.pending_clicks
+
+    def predict(self, label: int | None = None) -> ClickOutcome | None:
+        """Predict the object's mask from its queued clicks (``None``: nothing queued). On
+        failure the queued clicks stay queued and the mask is unchanged."""
+        obj = self.get(label)
+        session = obj.session
+        if not session.pending_clicks:
+            return None
+        result = self.run(session.predict)
         self.active = obj.label
         self._changed(result.changed, obj)
         return ClickOutcome(

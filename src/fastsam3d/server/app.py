@@ -35,6 +35,7 @@ from ..files import atomic_output
 from ..interactive.session import Box3
 from .annotation import Annotation, AnnotationError
 from .encoding import compact_labels, display_image, nifti_gz
+from .nninteractive import add_nninteractive_routes
 from .store import Limits, SessionLimitError, SessionStore, UnknownSession
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
             raise HTTPException(401, "missing or wrong access token (Authorization: Bearer ...)")
 
     auth = [Depends(check_token)]
+    add_nninteractive_routes(app, sessions, auth)
 
     @app.exception_handler(UnknownSession)
     async def _unknown_session(_: Request, exc: UnknownSession) -> JSONResponse:
@@ -404,6 +406,7 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
         t0 = time.perf_counter()
         with session(sid) as a:
             outcome = a.click(body.point, body.positive, body.frame, body.object)
+            assert outcome is not None  # predicted at once
             out = changed(sid, a)
         out["click"] = {
             "object": outcome.label,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 
 class ServerStartError(RuntimeError):
-    """The server exited or did not answer ``/api/health`` in time."""
+    """The server exited or did not answer ``/healthz`` in time."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def serving(
             deadline = time.monotonic() + timeout
             while True:
                 try:
-                    if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
