@@ -2,7 +2,7 @@
 # Set-up on a fresh machine: .venv with the CPU build of torch, this package (editable) and its
 # test tools, at the versions pinned in requirements/constraints.txt; NiiVue for the web viewer
 # from the npm registry (web/package-lock.json). Safe to re-run.
-#   --browser  also install Debian's Chromium for the browser tests (apt; needs root or sudo)
+#   --browser  also install Debian's Chromium and dicom3tools for the tests (apt; needs root or sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -23,10 +23,13 @@ else
     echo "setup: npm not found: the web page of 'fastsam3d serve' needs NiiVue (npm ci --prefix web)" >&2
 fi
 
-if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
+# --browser: Debian packages the tests need: Chromium (browser tests) and dicom3tools
+# (dciodvfy validates the DICOM SEG output)
+if [ "${1:-}" = "--browser" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/dciodvfy ]; }; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y --no-install-recommends chromium >/dev/null \
-        || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends chromium >/dev/null; }
+    packages=(chromium dicom3tools)
+    $sudo apt-get install -y --no-install-recommends "${packages[@]}" >/dev/null \
+        || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends "${packages[@]}" >/dev/null; }
 fi

@@ -304,7 +304,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     import torch
 
     from .build import load_model
-    from .data.io import check_output_path, read_volume, write_label_map
+    from .data.io import (
+        check_output_path,
+        output_format,
+        read_volume,
+        volume_format,
+        write_label_map,
+    )
     from .interactive.session import Session
 
     clicks = list(args.clicks or [])
@@ -320,6 +326,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if not clicks:
         raise ValueError("no clicks: give --point i,j,k (and --negative i,j,k) or --prompts FILE")
     out = check_output_path(args.out, inputs=(Path(args.image),))
+    if output_format(out) == "dicom-seg" and volume_format(Path(args.image)) != "dicom":
+        raise ValueError(
+            f"{out}: a .dcm output is a DICOM Segmentation, which must reference a DICOM series; "
+            f"{args.image} is not one: write .nii.gz, .nrrd or .mha instead"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _resolve_device(args.device)

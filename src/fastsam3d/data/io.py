@@ -310,15 +310,18 @@ def _read_dicom(path: Path, channel: int | None, series_uid: str | None = None) 
 
 
 def output_format(path: Path) -> str:
-    """The format an output path asks for (``"nifti"``, ``"nrrd"``, ``"mha"``)."""
+    """The format an output path asks for (``"nifti"``, ``"nrrd"``, ``"mha"``, ``"dicom-seg"``)."""
     suffix = _suffix(path)
     if suffix in NIFTI_SUFFIXES:
         return "nifti"
     if suffix in (".nrrd", ".mha"):
         return ITK_SUFFIXES[suffix]
+    if suffix == ".dcm":
+        return "dicom-seg"
     raise VolumeError(
-        f"{path}: cannot write {suffix or 'a file without suffix'}; use .nii.gz, .nii, .nrrd or "
-        ".mha (single-file formats, so the write is atomic; DICOM output is not supported)"
+        f"{path}: cannot write {suffix or 'a file without suffix'}; use .nii.gz, .nii, .nrrd, "
+        ".mha (single-file formats, so the write is atomic) or .dcm (a DICOM Segmentation, for "
+        "images read from a DICOM series)"
     )
 
 
@@ -352,6 +355,12 @@ def write_label_map(labels: np.ndarray, like: Volume, path: str | os.PathLike[st
         raise VolumeError(f"{p}: mask shape {labels.shape} differs from the image {like.shape}")
     fmt = output_format(p)
     data = _label_dtype(labels)
+    if fmt == "dicom-seg":
+        from .dicom_seg import SegmentInfo, write_dicom_seg
+
+        values = [int(v) for v in np.unique(data) if v != 0] or [1]
+        segments = [SegmentInfo(v, f"object {v}") for v in values]
+        return write_dicom_seg(data, like, p, segments)
     if fmt == "nifti":
         _atomic_write(p, lambda tmp: _write_nifti(data, like, tmp))
     else:

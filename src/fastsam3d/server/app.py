@@ -478,12 +478,18 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
         )
 
     @app.get("/api/sessions/{sid}/labels.{fmt}", dependencies=auth)
-    def download(sid: str, fmt: Literal["nii.gz", "nii", "nrrd", "mha"]) -> Response:
-        """The label map as a file on the image's exact grid (download)."""
+    def download(sid: str, fmt: Literal["nii.gz", "nii", "nrrd", "mha", "dcm"]) -> Response:
+        """The label map as a file on the image's exact grid (download); ``dcm``: a DICOM
+        Segmentation with one segment per object (names and colours from the objects), for
+        sessions opened from a DICOM series."""
         with session(sid) as a:
             stem = _stem(a.source)
             with tempfile.TemporaryDirectory(prefix="fastsam3d-dl-") as tmp:
-                path = write_label_map(a.label_map(), a.volume, Path(tmp) / f"labels.{fmt}")
+                target = Path(tmp) / f"labels.{fmt}"
+                if fmt == "dcm":
+                    path = _write_seg(a, target)
+                else:
+                    path = write_label_map(a.label_map(), a.volume, target)
                 data = path.read_bytes()
         return Response(
             data,
@@ -569,6 +575,26 @@ def _inside(root: Path, relative: str) -> Path:
     if not path.exists():
         raise HTTPException(404, f"no file {relative!r} in the data folder")
     return path
+
+
+def _write_seg(annotation: Annotation, path: Path) -> Path:
+    """The annotation's objects as a DICOM SEG (409 for images not read from DICOM)."""
+    from ..data.dicom_seg import SegmentInfo, write_dicom_seg
+
+    source = annotation.volume.source
+    if source is None or source.format != "dicom":
+        raise HTTPException(
+            409,
+            "a DICOM SEG references the DICOM series it was made on; this session's image is "
+            f"{'an upload' if source is None else source.format}: download .nii.gz instead",
+        )
+    if not annotation.objects:
+        raise HTTPException(409, "no objects to write: add an object first")
+    segments = [SegmentInfo(o.label, o.name, o.color) for o in annotation.objects]
+    try:
+        return write_dicom_seg(annotation.label_map(), annotation.volume, path, segments)
+    except VolumeError as err:
+        raise HTTPException(409, str(err)) from None
 
 
 def _check_size(volume: Volume, source: str, limits: Limits) -> None:
