@@ -2,7 +2,8 @@
 # Set-up on a fresh machine: .venv with the CPU build of torch, this package (editable) and its
 # test tools, at the versions pinned in requirements/constraints.txt; NiiVue for the web viewer
 # from the npm registry (web/package-lock.json). Safe to re-run.
-#   --browser  also install Debian's Chromium and dicom3tools for the tests (apt; needs root or sudo)
+#   --browser  also install the Debian packages the tests need (Chromium, dicom3tools, Xvfb and
+#              Qt's X libraries; apt; needs root or sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -23,13 +24,16 @@ else
     echo "setup: npm not found: the web page of 'fastsam3d serve' needs NiiVue (npm ci --prefix web)" >&2
 fi
 
-# --browser: Debian packages the tests need: Chromium (browser tests) and dicom3tools
-# (dciodvfy validates the DICOM SEG output)
-if [ "${1:-}" = "--browser" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/dciodvfy ]; }; then
+# --browser: Debian packages the tests need: Chromium (browser tests), dicom3tools (dciodvfy
+# validates the DICOM SEG output), Xvfb and the X/GL libraries Qt needs (the napari test)
+if [ "${1:-}" = "--browser" ] \
+    && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/dciodvfy ] || [ ! -x /usr/bin/xvfb-run ]; }; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    packages=(chromium dicom3tools)
+    packages=(chromium dicom3tools xvfb xauth libgl1 libegl1 libgl1-mesa-dri libfontconfig1
+        libdbus-1-3 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0
+        libxcb-image0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1)
     $sudo apt-get install -y --no-install-recommends "${packages[@]}" >/dev/null \
         || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends "${packages[@]}" >/dev/null; }
 fi

@@ -238,10 +238,14 @@ def add_nninteractive_routes(app: FastAPI, store: SessionStore, auth: list[Any])
             "num_interaction_channels": 0,
             "supports_initial_label": True,
             "supports_zero_shot_label_refinement": False,
-            "preferred_scribble_thickness": None,
-            "interaction_decay": None,
+            # scribbles are not supported; napari-nninteractive still reads a per-axis width
+            "preferred_scribble_thickness": [1, 1, 1],
+            "interaction_decay": 1.0,
             "inference_session_version": SESSION_VERSION,
-            "license": "model: see the fastsam3d model card (Apache-2.0 weights)",
+            "license": (
+                "fastsam3d-lite weights: Apache-2.0 (model card); published SAM-Med3D / "
+                "FastSAM3D weights: their authors' terms"
+            ),
             "supports_undo": True,
             "do_autozoom": False,
         }
