@@ -670,3 +670,24 @@ def test_label_updates_send_only_the_changed_box(client: TestClient) -> None:
     box, data, _ = _box_update(client, sid, revision)
     assert box == f"0,{SHAPE[0]},0,{SHAPE[1]},0,{SHAPE[2]}"
     assert np.array_equal(decode_compact(data, SHAPE), _labels(client, sid))
+
+
+def test_nninteractive_leases_share_the_session_cap(model, data_dir: Path) -> None:
+    """A claimed lease holds a place: with a cap of 1 the API cannot open a session beside it,
+    and the lease can still open its own image."""
+    from fastsam3d.server.nnwire import pack
+
+    with _client(model, data_dir, limits=Limits(max_sessions=1)) as client:
+        token = client.post("/claim").json()["lease_token"]
+        r = client.post("/api/sessions", json={"path": "scan.nii.gz"})
+        assert r.status_code == 503
+        assert "limit 1" in r.json()["detail"]
+        r = client.post(
+            "/set_image",
+            content=pack(_image()[None]),
+            headers={"X-Lease-Token": token, "X-Meta": '{"image_properties": {}}'},
+        )
+        assert r.status_code == 200, r.text
+        assert client.post("/claim").status_code == 503
+        client.post("/release", headers={"X-Lease-Token": token})
+        assert client.post("/api/sessions", json={"path": "scan.nii.gz"}).status_code == 201

@@ -72,13 +72,19 @@ class LeaseTable:
         self.store = store
         self._leases: dict[str, Lease] = {}
         self._lock = threading.Lock()
+        store.reserved = self.imageless  # a claimed lease holds a place in the session cap
+
+    def imageless(self) -> int:
+        """Leases without an image yet (each holds one place of the session cap)."""
+        with self._lock:
+            return sum(1 for lease in self._leases.values() if lease.sid is None)
 
     def claim(self) -> Lease:
         self.expire()
         self.store.expire()
         limit = self.store.limits.max_sessions
+        imageless = self.imageless()
         with self._lock:
-            imageless = sum(1 for lease in self._leases.values() if lease.sid is None)
             used = len(self.store.ids()) + imageless
             if used >= limit:
                 raise HTTPException(
@@ -274,9 +280,11 @@ def add_nninteractive_routes(app: FastAPI, store: SessionStore, auth: list[Any])
             )
         with lease.lock:
             leases._close_session(lease)
+            lease.sid = ""  # opening: the lease's reserved place becomes the session's
             try:
                 sid = store.open(volume, "nnInteractive client image", uploaded=True)
             except SessionLimitError as err:
+                lease.sid = None
                 raise HTTPException(503, str(err)) from None
             store.get(sid).add_object("object")
             lease.sid, lease.buffer_shape, lease.revision = sid, None, 0

@@ -89,6 +89,9 @@ class SessionStore:
         self.prompting = prompting
         self.clock = clock
         self._sessions: dict[str, Annotation] = {}
+        self.reserved: Callable[[], int] = lambda: 0
+        """Places held outside the store that count against ``max_sessions`` (the nnInteractive
+        leases that have no image yet)."""
         self._uploads: dict[str, Path] = {}
         self._lock = threading.Lock()
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastsam3d-autosave")
@@ -120,9 +123,10 @@ class SessionStore:
         """
         self.expire()
         with self._lock:
-            if len(self._sessions) >= self.limits.max_sessions:
+            used = len(self._sessions) + self.reserved()
+            if used >= self.limits.max_sessions:
                 raise SessionLimitError(
-                    f"{len(self._sessions)} sessions are open (limit {self.limits.max_sessions}); "
+                    f"{used} sessions are open (limit {self.limits.max_sessions}); "
                     "close one (DELETE /api/sessions/{id}) or wait for idle ones to expire "
                     f"({self.limits.idle_seconds:.0f} s)"
                 )
