@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from fastsam3d import samples
 from fastsam3d.cli import main
 from fastsam3d.data.align import labels_on_grid
+from fastsam3d.data.dicom_seg import BlankUIDWarning
 from fastsam3d.data.io import read_volume, write_label_map
 from fastsam3d.data.volume import VolumeError
 
@@ -65,19 +67,36 @@ def _read_back(seg_path: Path, series: Path) -> np.ndarray:
     return labels
 
 
-def test_seg_frames_land_on_their_source_slices_and_validate(series, tmp_path) -> None:
+@pytest.mark.parametrize("which", ["bundled", "with_uids"])
+def test_seg_frames_land_on_their_source_slices_and_validate(which, series, tmp_path) -> None:
+    if which == "bundled":  # as shipped: Study/Series Instance UIDs blank, a warning says so
+        series = Path(samples.sample("ct_dicom").image)
     volume = read_volume(series)
     truth = labels_on_grid(read_volume(samples.sample("ct_dicom").labels), volume)
     labels = np.zeros(volume.shape, dtype=np.uint8)
     labels[truth == samples.label_value("total", "liver")] = 1
     labels[truth == samples.label_value("total", "spleen")] = 2
     labels[:40, :30, 3] = 2  # an asymmetric block: a flipped or transposed frame would show
-    out = write_label_map(labels, volume, tmp_path / "labels.dcm")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = write_label_map(labels, volume, tmp_path / "labels.dcm")
+    blank = [w for w in caught if issubclass(w.category, BlankUIDWarning)]
     seg = pydicom.dcmread(out)
+    source = pydicom.dcmread(next(series.iterdir()))
+    if which == "bundled":
+        assert len(blank) == 2
+        assert "StudyInstanceUID" in str(blank[0].message)
+        again = write_label_map(labels, volume, tmp_path / "again.dcm")
+        assert pydicom.dcmread(again).StudyInstanceUID == seg.StudyInstanceUID  # stable
+        assert seg.StudyInstanceUID.startswith("2.25.")
+    else:
+        assert not blank
+        assert seg.StudyInstanceUID == source.StudyInstanceUID
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     assert seg.Modality == "SEG"
     assert seg.SegmentationType == "BINARY"
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["object 1", "object 2"]
-    assert seg.FrameOfReferenceUID == pydicom.dcmread(next(series.iterdir())).FrameOfReferenceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert seg.Manufacturer == "fastsam3d"
     np.testing.assert_array_equal(_read_back(out, series), labels)
     if shutil.which("dciodvfy") is None:
@@ -87,23 +106,31 @@ def test_seg_frames_land_on_their_source_slices_and_validate(series, tmp_path) -
     assert not errors, "\n".join(errors)
 
 
-def test_segment_cli_writes_a_seg_equal_to_the_nifti_mask(series, tmp_path) -> None:
+def test_segment_cli_writes_a_seg_equal_to_the_nifti_mask(tmp_path) -> None:
+    series = Path(samples.sample("ct_dicom").image)  # the bundled series, as shipped
     volume = read_volume(series)
     truth = labels_on_grid(read_volume(samples.sample("ct_dicom").labels), volume)
     liver = truth == samples.label_value("total", "liver")
     point = ",".join(str(int(v)) for v in np.argwhere(liver).mean(axis=0).round())
     common = ["segment", str(series), "--point", point, "--runtime", "torch"]
     assert main([*common, "--out", str(tmp_path / "mask.nii.gz")]) == 0
-    assert main([*common, "--out", str(tmp_path / "mask.dcm")]) == 0
+    with pytest.warns(BlankUIDWarning, match="no StudyInstanceUID"):
+        assert main([*common, "--out", str(tmp_path / "mask.dcm")]) == 0
     nifti = np.asarray(read_volume(tmp_path / "mask.nii.gz").array)
     assert nifti.sum() > 0
     np.testing.assert_array_equal(_read_back(tmp_path / "mask.dcm", series), nifti)
 
 
-def test_inputs_that_cannot_get_a_seg_are_refused(tmp_path, capsys) -> None:
-    raw = Path(samples.sample("ct_dicom").image)
-    volume = read_volume(raw)
-    with pytest.raises(VolumeError, match="StudyInstanceUID, SeriesInstanceUID"):
+def test_inputs_that_cannot_get_a_seg_are_refused(series, tmp_path, capsys) -> None:
+    blank = tmp_path / "blank"  # no SOP Instance UID anywhere: frames cannot reference slices
+    blank.mkdir()
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ""
+        ds.file_meta.MediaStorageSOPInstanceUID = ""
+        ds.save_as(blank / f.name)
+    volume = read_volume(blank)
+    with pytest.raises(VolumeError, match="SOPInstanceUID is empty"):
         write_label_map(np.ones(volume.shape, np.uint8), volume, tmp_path / "x.dcm")
     assert not (tmp_path / "x.dcm").exists()
     ct = samples.sample("ct").image

@@ -56,16 +56,15 @@ def _source_datasets(like: Volume) -> list[Any]:
         if not ds.get("SOPClassUID"):
             ds.SOPClassUID = ds.file_meta.get("MediaStorageSOPClassUID", "")
     missing = [
-        key
-        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-        if not all(ds.get(key) for ds in datasets)
+        key for key in ("SOPInstanceUID", "SOPClassUID") if not all(ds.get(key) for ds in datasets)
     ]
     if missing:
         raise VolumeError(
-            f"{folder}: the series' {', '.join(missing)} is empty (anonymised without new "
-            "UIDs?); a DICOM SEG must reference them, so the series cannot get one as it is: "
-            "give it UIDs (e.g. with pydicom or dcmodify) or write .nii.gz instead"
+            f"{folder}: the series' {', '.join(missing)} is empty in its files and their file "
+            "meta; a DICOM SEG references each source instance by it, so the series cannot get "
+            "one as it is: give it UIDs (e.g. with pydicom or dcmodify) or write .nii.gz instead"
         )
+    _fill_blank_study_and_series(datasets, folder)
     # world LPS position of voxel (0, 0, k) for each k, and the instance at each position
     lps = RAS_TO_LPS @ like.affine[:3, :3]
     origin = RAS_TO_LPS @ like.affine[:3, 3]
@@ -99,6 +98,37 @@ def _source_datasets(like: Volume) -> list[Any]:
     return [datasets[i] for i in order]
 
 
+class BlankUIDWarning(UserWarning):
+    """The source series had no Study/Series Instance UID; the SEG uses derived ones."""
+
+
+def _fill_blank_study_and_series(datasets: list[Any], folder: Path) -> None:
+    """Give datasets with a blank Study/Series Instance UID one derived from the series' SOP
+    Instance UIDs (``2.25.`` form, the same on every run, so SEGs written for one series share
+    a study), and warn: a viewer cannot group such a SEG with its source by study."""
+    import uuid
+    import warnings
+
+    instances = sorted(str(ds.SOPInstanceUID) for ds in datasets)
+    for key in ("StudyInstanceUID", "SeriesInstanceUID"):
+        present = {str(ds.get(key)) for ds in datasets if ds.get(key)}
+        if len(present) > 1:
+            raise VolumeError(f"{folder}: the series' files disagree on {key}: {sorted(present)}")
+        if present and all(ds.get(key) for ds in datasets):
+            continue
+        derived = uuid.uuid5(uuid.NAMESPACE_OID, "\\".join([key, *instances]))  # name-based
+        uid = present.pop() if present else f"2.25.{derived.int}"
+        for ds in datasets:
+            setattr(ds, key, uid)
+        warnings.warn(
+            f"{folder}: the series has no {key} (anonymised without new UIDs?); the DICOM SEG "
+            f"uses {uid}, derived from its SOP Instance UIDs: viewers that group by study will "
+            "not show it beside the source unless the source is given the same UID",
+            BlankUIDWarning,
+            stacklevel=4,
+        )
+
+
 def write_dicom_seg(
     labels: np.ndarray,
     like: Volume,
@@ -110,7 +140,8 @@ def write_dicom_seg(
     """Write ``labels`` ``(I, J, K)`` (on ``like``'s grid) as a binary DICOM SEG, atomically.
 
     Each entry of ``segments`` becomes one segment (numbered 1, 2, ... in that order) holding
-    the voxels equal to its value; frames without any segment voxel are omitted.
+    the voxels equal to its value; frames without any segment voxel are omitted. A source
+    series without Study/Series Instance UIDs gets derived ones and a :class:`BlankUIDWarning`.
 
     Raises:
         VolumeError: not a DICOM-derived image, shapes disagree, no segments, or the series
