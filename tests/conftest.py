@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import fastsam3d
+from fastsam3d.conformance import FIXTURES_DIR
 from fastsam3d.modeling.sam3d import Sam3D
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = FIXTURES_DIR
 
 
 @pytest.fixture
@@ -29,13 +30,13 @@ def gen() -> torch.Generator:
 @pytest.fixture
 def tiny_model() -> Sam3D:
     """Teacher layout at 32^3 (padded-window block + global block), eval mode."""
-    return fastsam3d.load_model("test-tiny", seed=3)
+    return fastsam3d.load_model("test-tiny", seed=3, random_weights=True)
 
 
 @pytest.fixture
 def tiny_student() -> Sam3D:
     """Student layout at 32^3 (2 MLP-only + 2 attention blocks, FastSAM3D formula)."""
-    return fastsam3d.load_model("test-tiny-student", seed=4)
+    return fastsam3d.load_model("test-tiny-student", seed=4, random_weights=True)
 
 
 def manifest(name: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from .conftest import tiny_inputs
 
 
 def test_load_model_random_init_is_in_eval_mode_on_cpu() -> None:
-    model = fastsam3d.load_model("test-tiny")
+    model = fastsam3d.load_model("test-tiny", random_weights=True)
     assert not model.training
     assert model.device == torch.device("cpu")
     assert model.dtype == torch.float32
@@ -146,7 +146,7 @@ def test_forward_intermediates(tiny_student: Sam3D, gen: torch.Generator) -> Non
 
 def test_bfloat16_model_runs_and_stays_close(tiny_model: Sam3D, gen: torch.Generator) -> None:
     image, points, labels = tiny_inputs(tiny_model, gen)
-    half = fastsam3d.load_model("test-tiny", seed=3, dtype=torch.bfloat16)
+    half = fastsam3d.load_model("test-tiny", seed=3, dtype=torch.bfloat16, random_weights=True)
     with torch.inference_mode():
         ref = tiny_model.encode(image)
         emb = half.encode(image)

@@ -18,7 +18,7 @@ def test_quickstart_runs() -> None:
     loader = 'fastsam3d.load_model("fastsam3d", checkpoint="fastsam3d.pth")'
     assert loader in code
     namespace: dict[str, object] = {}
-    exec(code.replace(loader, 'fastsam3d.load_model("fastsam3d")'), namespace)
+    exec(code.replace(loader, 'fastsam3d.load_model("fastsam3d", random_weights=True)'), namespace)
     assert namespace["embedding"].shape == (1, 384, 8, 8, 8)  # type: ignore[attr-defined]
     assert namespace["logits"].shape == (1, 1, 32, 32, 32)  # type: ignore[attr-defined]
     mask = namespace["mask"]
@@ -35,7 +35,7 @@ def test_session_example_runs(tmp_path, monkeypatch) -> None:
     assert block is not None
     code = block.group(1)
     for old, new in (
-        ('load_model("fastsam3d", "fastsam3d.pth")', 'load_model("fastsam3d")'),
+        ('load_model("fastsam3d", "fastsam3d.pth")', 'load_model("fastsam3d", random_weights=True)'),
         ('read_volume("ct.nii.gz")', f'read_volume("{samples.sample("ct").image}")'),
     ):
         assert old in code

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not onednn.available(), reason="torch without on
 
 @pytest.mark.parametrize("name", ["test-tiny", "test-tiny-student"])
 def test_packed_model_equals_reference(name: str, gen: torch.Generator) -> None:
-    model = fastsam3d.load_model(name, seed=2)
+    model = fastsam3d.load_model(name, seed=2, random_weights=True)
     fast = onednn.optimize_for_cpu(model)
     image, points, labels = tiny_inputs(model, gen, batch=2)
     with torch.inference_mode():
@@ -49,7 +49,7 @@ def test_packed_student_reproduces_upstream(tmp_path) -> None:
 
 
 def test_refuses_unsupported_dtypes() -> None:
-    model = fastsam3d.load_model("test-tiny", dtype=torch.float64)
+    model = fastsam3d.load_model("test-tiny", dtype=torch.float64, random_weights=True)
     with pytest.raises(ValueError, match="float32/bfloat16"):
         onednn.optimize_for_cpu(model)
 
@@ -132,7 +132,7 @@ def test_reduced_precision_against_fp32(runtime, min_dice, fixture_models) -> No
 
 @needs_exports
 def test_graphs_are_cached_and_fallbacks_use_torch(tmp_path, monkeypatch, gen) -> None:
-    model = fastsam3d.load_model("test-tiny", seed=4)
+    model = fastsam3d.load_model("test-tiny", seed=4, random_weights=True)
     ExportedModel(model, "onnxruntime", cache_dir=tmp_path)
     monkeypatch.setattr(
         exported_module.torch.onnx, "export", lambda *a, **k: pytest.fail("re-exported")
@@ -151,7 +151,7 @@ def test_graphs_are_cached_and_fallbacks_use_torch(tmp_path, monkeypatch, gen) -
 
 
 def test_runtime_selection(monkeypatch) -> None:
-    model = fastsam3d.load_model("test-tiny")
+    model = fastsam3d.load_model("test-tiny", random_weights=True)
     assert select.resolve("torch", model) == "torch"
     with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
         select.resolve("tensorrt", model)
@@ -167,7 +167,7 @@ def test_session_prepares_the_runtime(tmp_path, monkeypatch) -> None:
     from fastsam3d.interactive.session import Session
 
     monkeypatch.setenv("FASTSAM3D_CACHE", str(tmp_path))
-    model = fastsam3d.load_model("test-tiny")
+    model = fastsam3d.load_model("test-tiny", random_weights=True)
     assert isinstance(Session(model, runtime="openvino").model, ExportedModel)
     assert Session(model, runtime="torch").model is model
 
@@ -208,7 +208,7 @@ def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant)
     """The lite layout (conv stem, features packed into the embedding, fine prompt path) runs
     unchanged on every runtime; ``v3`` adds LayerScale, the attention distance bias and open
     feature gates."""
-    model = fastsam3d.load_model("test-tiny-hires", seed=7)
+    model = fastsam3d.load_model("test-tiny-hires", seed=7, random_weights=True)
     if variant == "v3":
         cfg = model.cfg
         cfg = dataclasses.replace(

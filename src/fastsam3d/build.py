@@ -17,6 +17,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, PathLike, read_checkpoint
 from .config import AttentionImpl, ModelConfig, SparseAttentionConfig
+from .errors import InputError
 from .modeling.attention import EncoderAttention
 from .modeling.detail import DetailRefiner
 from .modeling.layers import LayerNorm3d
@@ -82,10 +83,12 @@ def load_model(
     sparse: SparseAttentionConfig | Literal["keep"] | None = "keep",
     seed: int = 0,
     fresh: Sequence[str] = (),
+    random_weights: bool = False,
 ) -> Sam3D:
     """A model in eval mode with ``checkpoint``'s weights; without a checkpoint, the weights
-    bundled with the entry (``fastsam3d-lite``) or, for entries without any, a random
-    initialisation (:func:`build_model` always initialises randomly).
+    bundled with the entry (``fastsam3d-lite``). Random weights only when asked for:
+    ``random_weights=True`` (tests, benchmarks; :func:`build_model` always initialises
+    randomly).
 
     Args:
         name: registry name (see :func:`fastsam3d.list_models`) or a :class:`ModelConfig`.
@@ -97,31 +100,47 @@ def load_model(
         dtype: parameter dtype (float32 reproduces upstream).
         attn_impl: override the attention implementation (``"sdpa"`` / ``"eager"``).
         sparse: encoder sparse attention (weights trained densely lose accuracy under it).
-        seed: initialisation seed when ``checkpoint`` is None (and of ``fresh`` parts).
+        seed: initialisation seed of ``random_weights`` (and of ``fresh`` parts).
         fresh: state_dict prefixes the checkpoint may lack, e.g. ``"mask_decoder.refiner."``
             to add a detail refiner to a trained model: those parts keep their initialisation
             from ``seed`` (a refiner starts as the identity) and the checkpoint's architecture
             may differ from ``name``'s by them; every other key must fit exactly.
 
+        random_weights: a random initialisation from ``seed`` instead of any weights.
+
     Raises:
-        ValueError: unknown name. CheckpointError / UnsafeCheckpointError /
+        InputError: unknown name, or no checkpoint for an entry without bundled weights (and
+            ``random_weights`` not asked for). CheckpointError / UnsafeCheckpointError /
         CheckpointMismatchError: the file cannot be read or does not fit.
 
     Example:
         >>> model = load_model("fastsam3d", "fastsam3d.pth")  # doctest: +SKIP
         >>> emb = model.encode(image)                          # (1, 384, 8, 8, 8)
     """
+    if random_weights:
+        if checkpoint is not None or name is None:
+            raise InputError(
+                "random_weights=True takes a model name and no checkpoint, got "
+                f"name {name!r}, checkpoint {checkpoint!r}"
+            )
+        net = build_model(name, dtype=dtype, seed=seed, attn_impl=attn_impl, sparse=sparse)
+        return net.to(device).eval()
     if checkpoint is None and isinstance(name, str) and get_spec(name).weights is not None:
         checkpoint = _verified_bundled_weights(name)
     if checkpoint is None:
         if name is None:
-            raise ValueError("load_model needs a model name when no checkpoint is given")
-        net = build_model(name, dtype=dtype, seed=seed, attn_impl=attn_impl, sparse=sparse)
-        return net.to(device).eval()
+            raise InputError("load_model needs a model name or a checkpoint")
+        raise InputError(
+            f"model {_label(name)!r} has no bundled weights: pass its checkpoint file "
+            f"(load_model({_label(name)!r}, 'weights.pth'), or --checkpoint FILE on the command "
+            "line; the published SAM-Med3D / FastSAM3D files load as they are), use the bundled "
+            "fastsam3d-lite, or ask for random weights explicitly (random_weights=True, "
+            "--checkpoint random)"
+        )
     state, report = read_checkpoint(checkpoint)
     if name is None:
         if report.model_config is None:
-            raise ValueError(
+            raise InputError(
                 "this checkpoint does not name its architecture; pass a model name, "
                 f"one of {sorted(MODELS)}"
             )

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
+from .errors import InputError
 from .files import atomic_output
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ ALLOWED_GLOBALS: list[Any] = [
 """Non-tensor objects a checkpoint may contain: plain data containers only (no callables)."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file cannot be used; the message names the file and the problem."""
 
 

@@ -15,6 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args
 
+from .errors import InputError
+
 BlockFormula = Literal["prenorm", "fastsam3d"]
 """How an encoder block combines attention, MLP and the two LayerNorms.
 
@@ -26,6 +28,9 @@ BlockFormula = Literal["prenorm", "fastsam3d"]
 
 Prompting = Literal["newest", "all"]
 """Which clicks a prediction sends: the newest (with the previous logits) or all of the region."""
+PROMPTING_CHOICES = ("auto", "newest", "all")
+"""How clicks reach the model: ``newest`` (only the latest click of the region with the previous
+mask), ``all`` (every click of the region), ``auto`` (as the model was trained)."""
 
 AttentionImpl = Literal["sdpa", "eager"]
 """``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention` with the relative-position
@@ -50,11 +55,11 @@ class SparsePattern:
 
     def __post_init__(self) -> None:
         if self.segment_length < 1:
-            raise ValueError(f"segment_length must be >= 1, got {self.segment_length}")
+            raise InputError(f"segment_length must be >= 1, got {self.segment_length}")
         if self.dilation < 1:
-            raise ValueError(f"dilation must be >= 1, got {self.dilation}")
+            raise InputError(f"dilation must be >= 1, got {self.dilation}")
         if self.segment_length % self.dilation:
-            raise ValueError(
+            raise InputError(
                 f"segment_length ({self.segment_length}) must be a multiple of dilation "
                 f"({self.dilation})"
             )
@@ -72,7 +77,7 @@ class SparseAttentionConfig:
 
     def __post_init__(self) -> None:
         if not self.patterns:
-            raise ValueError("SparseAttentionConfig needs at least one pattern")
+            raise InputError("SparseAttentionConfig needs at least one pattern")
 
     def check(self, num_tokens: int, num_heads: int, where: str, segmented: bool = True) -> None:
         """Raise ``ValueError`` unless every pattern fits ``num_tokens`` and ``num_heads``.
@@ -82,16 +87,16 @@ class SparseAttentionConfig:
         """
         for p in self.patterns:
             if not segmented and num_tokens % p.dilation:
-                raise ValueError(
+                raise InputError(
                     f"{where}: sparse dilation {p.dilation} does not divide the {num_tokens} keys"
                 )
             if segmented and num_tokens % p.segment_length:
-                raise ValueError(
+                raise InputError(
                     f"{where}: sparse segment_length {p.segment_length} does not divide the "
                     f"{num_tokens} tokens"
                 )
             if p.dilation > num_heads:
-                raise ValueError(
+                raise InputError(
                     f"{where}: dilation {p.dilation} > {num_heads} heads; with per-head offsets "
                     "some tokens would be attended by no head"
                 )
@@ -146,35 +151,35 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         _check_choice("block_formula", self.block_formula, BlockFormula)
         if self.stem_channels and (len(self.stem_channels) != 2 or self.patch_size != 16):
-            raise ValueError(
+            raise InputError(
                 "stem_channels must be two widths (S/4, S/8) and needs patch_size 16, got "
                 f"{self.stem_channels} with patch_size {self.patch_size}"
             )
         if self.feature_channels and (len(self.feature_channels) != 2 or not self.stem_channels):
-            raise ValueError(
+            raise InputError(
                 f"feature_channels must be two widths (S/8, S/4) and needs a stem, got "
                 f"{self.feature_channels} with stem {self.stem_channels}"
             )
         if self.attn_distance_bias and (self.window_size != 0 or self.sparse is not None):
-            raise ValueError(
+            raise InputError(
                 "attn_distance_bias needs global dense attention: window_size 0 and no sparse "
                 f"patterns (got window_size {self.window_size}, sparse {self.sparse})"
             )
         if self.layer_scale_init < 0:
-            raise ValueError(f"layer_scale_init must be >= 0, got {self.layer_scale_init}")
+            raise InputError(f"layer_scale_init must be >= 0, got {self.layer_scale_init}")
         if any(c < 1 for c in (*self.stem_channels, *self.feature_channels)):
-            raise ValueError("stem and feature widths must be positive")
+            raise InputError("stem and feature widths must be positive")
         _check_choice("attn_impl", self.attn_impl, AttentionImpl)
         if self.img_size % self.patch_size:
-            raise ValueError(
+            raise InputError(
                 f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
             )
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
+            raise InputError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
         if not 0 <= self.attn_free_blocks <= self.depth:
-            raise ValueError(f"attn_free_blocks must be in [0, {self.depth}]")
+            raise InputError(f"attn_free_blocks must be in [0, {self.depth}]")
         if self.window_size < 0:
-            raise ValueError(f"window_size must be >= 0, got {self.window_size}")
+            raise InputError(f"window_size must be >= 0, got {self.window_size}")
         if self.sparse is not None:
             self.sparse.check(self.grid_size**3, self.num_heads, "encoder")
 
@@ -226,18 +231,18 @@ class PromptEncoderConfig:
     def __post_init__(self) -> None:
         _check_choice("prompting", self.prompting, Prompting)
         if self.fine_channels < 0:
-            raise ValueError(f"fine_channels must be >= 0, got {self.fine_channels}")
+            raise InputError(f"fine_channels must be >= 0, got {self.fine_channels}")
         if self.fine_channels and not self.click_maps:
-            raise ValueError("fine_channels needs click_maps (the fine input is logits + maps)")
+            raise InputError("fine_channels needs click_maps (the fine input is logits + maps)")
         if self.embed_dim % 3:
-            raise ValueError(
+            raise InputError(
                 f"prompt embed_dim must be divisible by 3 (x, y, z Fourier features), "
                 f"got {self.embed_dim}"
             )
         if self.mask_in_chans % 4:
-            raise ValueError(f"mask_in_chans must be divisible by 4, got {self.mask_in_chans}")
+            raise InputError(f"mask_in_chans must be divisible by 4, got {self.mask_in_chans}")
         if self.click_map_sigma <= 0:
-            raise ValueError(f"click_map_sigma must be positive, got {self.click_map_sigma}")
+            raise InputError(f"click_map_sigma must be positive, got {self.click_map_sigma}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,19 +280,19 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         _check_choice("attn_impl", self.attn_impl, AttentionImpl)
         if self.refine_channels < 0:
-            raise ValueError(f"refine_channels must be >= 0, got {self.refine_channels}")
+            raise InputError(f"refine_channels must be >= 0, got {self.refine_channels}")
         inner = self.transformer_dim // self.attention_downsample_rate
         if self.transformer_dim % self.num_heads or inner % self.num_heads:
-            raise ValueError(
+            raise InputError(
                 f"decoder dims {self.transformer_dim}/{inner} not divisible by "
                 f"{self.num_heads} heads"
             )
         if self.transformer_dim % 8:
-            raise ValueError(f"transformer_dim must be divisible by 8, got {self.transformer_dim}")
+            raise InputError(f"transformer_dim must be divisible by 8, got {self.transformer_dim}")
         if self.upscale_channels and (
             len(self.upscale_channels) != 2 or min(self.upscale_channels) < 1
         ):
-            raise ValueError(f"upscale_channels must be two widths, got {self.upscale_channels}")
+            raise InputError(f"upscale_channels must be two widths, got {self.upscale_channels}")
 
     @property
     def upscale_widths(self) -> tuple[int, int]:
@@ -307,27 +312,27 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.encoder.out_chans != self.prompt.embed_dim:
-            raise ValueError(
+            raise InputError(
                 f"encoder.out_chans ({self.encoder.out_chans}) must equal prompt.embed_dim "
                 f"({self.prompt.embed_dim})"
             )
         if self.prompt.embed_dim != self.decoder.transformer_dim:
-            raise ValueError(
+            raise InputError(
                 f"prompt.embed_dim ({self.prompt.embed_dim}) must equal "
                 f"decoder.transformer_dim ({self.decoder.transformer_dim})"
             )
         widths = self.decoder.upscale_widths
         if self.decoder.image_features and tuple(self.encoder.feature_channels) != widths:
-            raise ValueError(
+            raise InputError(
                 f"decoder.image_features needs encoder.feature_channels equal to the decoder's "
                 f"upscale widths {widths}, got {self.encoder.feature_channels}"
             )
         if self.encoder.feature_channels and not self.decoder.image_features:
-            raise ValueError("encoder.feature_channels are set but decoder.image_features is off")
+            raise InputError("encoder.feature_channels are set but decoder.image_features is off")
         if self.decoder.feature_gates and not self.decoder.image_features:
-            raise ValueError("decoder.feature_gates needs decoder.image_features")
+            raise InputError("decoder.feature_gates needs decoder.image_features")
         if self.prompt.fine_channels and self.prompt.fine_channels != widths[1]:
-            raise ValueError(
+            raise InputError(
                 f"prompt.fine_channels ({self.prompt.fine_channels}) must equal the decoder's "
                 f"last upscale width ({widths[1]})"
             )
@@ -380,7 +385,7 @@ class ModelConfig:
 def _check_choice(name: str, value: object, literal: object) -> None:
     allowed = get_args(literal)
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        raise InputError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def _to_plain(value: Any) -> Any:
@@ -393,11 +398,11 @@ def _to_plain(value: Any) -> Any:
 
 def _from_plain(cls: type[_T], data: Any, where: str) -> _T:
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+        raise InputError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         sub = _SUBCONFIGS.get((cls, name))
@@ -414,7 +419,7 @@ def _from_plain(cls: type[_T], data: Any, where: str) -> _T:
 
 def _sparse_from_plain(data: Any, where: str) -> SparseAttentionConfig:
     if not isinstance(data, dict) or set(data) != {"patterns"}:
-        raise ValueError(f"{where}: expected {{'patterns': [...]}}, got {data!r}")
+        raise InputError(f"{where}: expected {{'patterns': [...]}}, got {data!r}")
     patterns = tuple(_from_plain(SparsePattern, p, f"{where}.patterns") for p in data["patterns"])
     return SparseAttentionConfig(patterns=patterns)
 

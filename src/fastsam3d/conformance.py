@@ -1,7 +1,8 @@
 """Conformance with upstream: reference weights, upstream file layouts and the fixture scenarios.
 
-The reference fixtures (``tests/fixtures/*_io_compact.pt``) hold outputs of the *upstream* code
-(SAM-Med3D / FastSAM3D) run with deterministic random weights. This module
+The reference fixtures (``fastsam3d/reference/*_io_compact.pt``, shipped in the package) hold
+outputs of the *upstream* code (SAM-Med3D / FastSAM3D) run with deterministic random weights.
+This module
 
 - rebuilds those weights from their documented rule (:func:`fixture_state_dict`): each tensor is
   drawn from a generator seeded with ``crc32(key)`` and scaled by a rule on key and shape;
@@ -28,6 +29,7 @@ import torch
 
 from .build import load_model
 from .config import AttentionImpl, ModelConfig
+from .errors import InputError
 from .modeling.sam3d import Sam3D, upsample_logits
 from .registry import get_spec
 
@@ -110,7 +112,7 @@ def write_upstream_checkpoint(
         prefix = "image_encoder."
         obj = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     else:
-        raise ValueError(f"unknown layout {layout!r}")
+        raise InputError(f"unknown layout {layout!r}")
     torch.save(obj, path)
     return path
 
@@ -123,6 +125,10 @@ class Fixture:
     filename: str
     config: ModelConfig
     has_intermediates: bool
+
+
+FIXTURES_DIR = Path(__file__).resolve().parent / "reference"
+"""The vendored upstream reference files (inside the package: ``selfcheck`` works from a wheel)."""
 
 
 def fixtures() -> list[Fixture]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import DecoderConfig, EncoderConfig, ModelConfig, PromptEncoderConfig
+from .errors import InputError
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,9 @@ _LITE_STUDENT = replace(  # FastSAM3D's layout
 )
 _TINY_PROMPT = PromptEncoderConfig(embed_dim=48, mask_in_chans=8)
 _TINY_DECODER = DecoderConfig(transformer_dim=48, num_heads=4, mlp_dim=96, iou_head_hidden_dim=32)
+
+DEFAULT_MODEL = "fastsam3d-lite"
+"""The entry whose weights ship in the package: what runs when no model is named."""
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -205,4 +209,4 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {list_models()}") from None
+        raise InputError(f"unknown model {name!r}; known models: {list_models()}") from None

@@ -150,7 +150,9 @@ def test_server_downloads_a_session_as_seg_with_one_segment_per_object(series, t
     shutil.copytree(series, data / "ct_series")
     shutil.copy(samples.sample("ct").image, data / "ct.nii.gz")
     config = ServerConfig(data_dir=data, recovery_dir=tmp_path / "recovery")
-    with TestClient(create_app(fastsam3d.load_model("test-tiny", seed=1), config)) as client:
+    with TestClient(
+        create_app(fastsam3d.load_model("test-tiny", seed=1, random_weights=True), config)
+    ) as client:
         sid = client.post("/api/sessions", json={"path": "ct_series"}).json()["id"]
         for name, point in (("liver", (180, 280, 10)), ("spleen", (350, 300, 12))):
             client.post(f"/api/sessions/{sid}/objects", json={"name": name})

@@ -108,6 +108,8 @@ EVAL_ARGS = [
     "3",
     "--threads",
     "1",
+    "--runtime",
+    "torch",  # the fp32 reference (the default, auto, may pick a bf16 runtime)
 ]
 
 
@@ -245,7 +247,7 @@ def test_models_from_their_own_checkpoints(dataset, tmp_path, capsys) -> None:
     import fastsam3d
     from fastsam3d.checkpoint import save_native
 
-    model = fastsam3d.load_model("test-tiny", seed=3)
+    model = fastsam3d.load_model("test-tiny", seed=3, random_weights=True)
     path = save_native(tmp_path / "own.safetensors", model.state_dict(), model.cfg, None)
     args = [a if a != "random" else str(path) for a in EVAL_ARGS]
     args[args.index("test-tiny")] = "from-checkpoint"

@@ -38,7 +38,7 @@ class _Blind:
 
 
 def test_a_blind_model_scores_zero_and_a_seeing_one_does_not() -> None:
-    model = fastsam3d.load_model("test-tiny-hires", seed=1)
+    model = fastsam3d.load_model("test-tiny-hires", seed=1, random_weights=True)
     volume, ball = _volume_with_ball()
     blind = image_dependence(_Blind(model), volume, [("ball", ball)])
     assert len(blind) == 1
@@ -50,7 +50,7 @@ def test_a_blind_model_scores_zero_and_a_seeing_one_does_not() -> None:
 
 
 def test_empty_structures_are_skipped() -> None:
-    model = fastsam3d.load_model("test-tiny-hires", seed=1)
+    model = fastsam3d.load_model("test-tiny-hires", seed=1, random_weights=True)
     volume, ball = _volume_with_ball()
     assert image_dependence(model, volume, [("none", np.zeros_like(ball))]) == []
 
@@ -58,7 +58,7 @@ def test_empty_structures_are_skipped() -> None:
 def test_the_parts_say_which_path_the_decoder_uses() -> None:
     """A model whose ViT embedding is blind (constant) but whose features see the image: the
     ViT part scores zero, the feature part and the whole do not."""
-    model = fastsam3d.load_model("test-tiny-hires", seed=1)
+    model = fastsam3d.load_model("test-tiny-hires", seed=1, random_weights=True)
     volume, ball = _volume_with_ball()
     d = model.cfg.prompt.embed_dim
     s = model.cfg.image_size
@@ -77,7 +77,7 @@ def test_the_parts_say_which_path_the_decoder_uses() -> None:
 
 
 def test_parts_need_a_model_with_features() -> None:
-    model = fastsam3d.load_model("test-tiny", seed=1)
+    model = fastsam3d.load_model("test-tiny", seed=1, random_weights=True)
     volume, ball = _volume_with_ball()
     with pytest.raises(ValueError, match="feature_channels"):
         image_dependence(model, volume, [("ball", ball)], replace="vit")

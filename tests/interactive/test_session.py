@@ -131,7 +131,7 @@ def test_session_reproduces_model_decode_exactly(student) -> None:
 
 
 def _tiny_session(prompting="newest") -> tuple[Session, Volume]:
-    model = fastsam3d.load_model("test-tiny", seed=1)
+    model = fastsam3d.load_model("test-tiny", seed=1, random_weights=True)
     volume = Volume.from_array(
         np.random.default_rng(0).normal(size=(60, 50, 40)).astype(np.float32),
         spacing=(1.0, 1.0, 1.0),
@@ -212,7 +212,7 @@ def test_undo_restores_the_previous_mask_exactly() -> None:
 
 
 def test_undo_depth_is_bounded_and_exact_within_it() -> None:
-    model = fastsam3d.load_model("test-tiny", seed=1)
+    model = fastsam3d.load_model("test-tiny", seed=1, random_weights=True)
     volume = Volume.from_array(
         np.random.default_rng(0).normal(size=(60, 50, 40)).astype(np.float32),
         spacing=(1.0, 1.0, 1.0),
@@ -263,7 +263,7 @@ def test_mask_is_read_only_and_results_are_snapshots() -> None:
 
 
 def test_one_model_serves_several_sessions() -> None:
-    model = fastsam3d.load_model("test-tiny", seed=2)
+    model = fastsam3d.load_model("test-tiny", seed=2, random_weights=True)
     vol_a = np.random.default_rng(3).normal(size=(40, 40, 40)).astype(np.float32)
     vol_b = np.random.default_rng(4).normal(size=(50, 30, 40)).astype(np.float32)
     alone = []
@@ -303,7 +303,7 @@ def test_bad_points(point, kwargs, match) -> None:
 
 
 def test_call_order_errors() -> None:
-    session = Session(fastsam3d.load_model("test-tiny"), runtime="torch")
+    session = Session(fastsam3d.load_model("test-tiny", random_weights=True), runtime="torch")
     with pytest.raises(RuntimeError, match=r"call set_image\(\.\.\.\) first"):
         session.add_click((1, 2, 3))
     with pytest.raises(RuntimeError, match="set_image"):
@@ -314,7 +314,7 @@ def test_call_order_errors() -> None:
 
 
 def test_bad_images_and_settings() -> None:
-    model = fastsam3d.load_model("test-tiny")
+    model = fastsam3d.load_model("test-tiny", random_weights=True)
     with pytest.raises(ValueError, match="NaN or infinite"):
         Session(model, runtime="torch").set_image(np.full((10, 10, 10), np.nan, np.float32))
     with pytest.raises(ValueError, match="expected a 3D array"):

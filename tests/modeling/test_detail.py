@@ -48,7 +48,7 @@ def test_image_detail_is_block_statistics() -> None:
 def test_refiner_starts_as_identity_and_model_outputs_are_unchanged(
     gen: torch.Generator,
 ) -> None:
-    plain = fastsam3d.load_model("test-tiny", seed=5)
+    plain = fastsam3d.load_model("test-tiny", seed=5, random_weights=True)
     refined = build_model(_with_refiner("test-tiny"), seed=9).eval()
     missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
     assert unexpected == []
@@ -114,7 +114,7 @@ def test_load_model_adds_a_fresh_refiner_to_trained_weights(tmp_path, gen) -> No
     from fastsam3d.build import CheckpointMismatchError
     from fastsam3d.checkpoint import save_native
 
-    plain = fastsam3d.load_model("test-tiny", seed=5)
+    plain = fastsam3d.load_model("test-tiny", seed=5, random_weights=True)
     path = save_native(tmp_path / "plain.safetensors", plain.state_dict(), plain.cfg, None)
     cfg = _with_refiner("test-tiny")
     with pytest.raises(CheckpointMismatchError, match="architecture differs"):

@@ -20,7 +20,7 @@ from ..conftest import tiny_inputs
 
 @pytest.fixture
 def hires() -> fastsam3d.Sam3D:
-    return fastsam3d.load_model("test-tiny-hires", seed=5)
+    return fastsam3d.load_model("test-tiny-hires", seed=5, random_weights=True)
 
 
 def test_embedding_packs_the_features_and_splits_back(hires, gen) -> None:

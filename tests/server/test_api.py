@@ -35,7 +35,7 @@ def _image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model() -> fastsam3d.Sam3D:
-    return fastsam3d.load_model("test-tiny", seed=1)
+    return fastsam3d.load_model("test-tiny", seed=1, random_weights=True)
 
 
 @pytest.fixture

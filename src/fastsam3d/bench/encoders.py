@@ -58,8 +58,11 @@ class Candidate:
         return f"{self.model} ({', '.join(parts)})"
 
     def torch_model(self) -> Any:
+        """The model with its bundled weights, or random weights where it ships none (speed
+        does not depend on the values)."""
         return load_model(
             self.model,
+            random_weights=get_spec(self.model).weights is None,
             attn_impl=self.attn_impl,
             sparse=SPARSE if self.sparse else "keep",
             device=self.device,

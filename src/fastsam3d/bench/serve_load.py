@@ -26,6 +26,7 @@ import numpy as np
 from .. import samples
 from ..data.align import labels_on_grid
 from ..data.io import read_volume
+from ..errors import InputError
 from ..server.encoding import decode_compact
 from ..server.process import serving
 
@@ -170,7 +171,7 @@ def run_load_test(
     from ..server.annotation import Annotation
 
     if sessions < 1 or seconds <= 0:
-        raise ValueError(
+        raise InputError(
             f"need at least one session and a positive time, got {sessions}, {seconds}"
         )
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .volume import Volume
 
 Normalization = Literal["zscore_positive", "none"]
@@ -47,9 +48,9 @@ class FrameSpec:
 
     def __post_init__(self) -> None:
         if self.size < 2 or self.spacing <= 0:
-            raise ValueError(f"invalid frame: size {self.size}, spacing {self.spacing}")
+            raise InputError(f"invalid frame: size {self.size}, spacing {self.spacing}")
         if self.normalization not in ("zscore_positive", "none"):
-            raise ValueError(
+            raise InputError(
                 f"normalization must be 'zscore_positive' or 'none', got {self.normalization!r}"
             )
 

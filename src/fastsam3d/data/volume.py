@@ -20,13 +20,15 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import InputError
+
 WorldConvention = Literal["ras", "lps"]
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """4x4 matrix that flips x and y: maps LPS+ to RAS+ (and back: it is its own inverse)."""
 
 
-class VolumeError(ValueError):
+class VolumeError(InputError):
     """A volume cannot be read, used or written; the message names the file and the problem."""
 
 
@@ -109,7 +111,7 @@ class Volume:
             return self.affine
         if convention == "lps":
             return RAS_FROM_LPS @ self.affine
-        raise ValueError(f"world convention must be 'ras' or 'lps', got {convention!r}")
+        raise InputError(f"world convention must be 'ras' or 'lps', got {convention!r}")
 
     def index_to_world(self, points: np.ndarray, convention: WorldConvention = "ras") -> np.ndarray:
         """``(N, 3)`` voxel indices -> ``(N, 3)`` world mm."""

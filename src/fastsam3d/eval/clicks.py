@@ -26,6 +26,8 @@ from typing import Protocol
 import edt
 import numpy as np
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True, slots=True)
 class SimulatedClick:
@@ -57,7 +59,7 @@ class ClickSimulator(Protocol):
 def _errors(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     p, g = np.asarray(pred, bool), np.asarray(gt, bool)
     if p.shape != g.shape:
-        raise ValueError(f"prediction {p.shape} and truth {g.shape} differ in shape")
+        raise InputError(f"prediction {p.shape} and truth {g.shape} differ in shape")
     return g & ~p, p & ~g
 
 
@@ -174,16 +176,20 @@ class MixedClicker:
         return chosen.next_click(pred, gt, rng, spacing, step)
 
 
+EVAL_SIMULATORS = ("upstream", "center", "random")
+"""Click simulators an evaluation can use (training adds ``"mixed"``)."""
+
+
 def make_simulator(name: str, logit_quirk: bool = False) -> ClickSimulator:
     """``"upstream"``, ``"center"``, ``"random"`` or ``"mixed"`` (training)."""
     if name == "upstream":
         return UpstreamClicker(logit_quirk=logit_quirk)
     if logit_quirk:
-        raise ValueError("the logit quirk belongs to the upstream simulator")
+        raise InputError("the logit quirk belongs to the upstream simulator")
     if name == "center":
         return CenterClicker()
     if name == "random":
         return RandomClicker()
     if name == "mixed":
         return MixedClicker()
-    raise ValueError(f"unknown simulator {name!r}; choose upstream, center, random or mixed")
+    raise InputError(f"unknown simulator {name!r}; choose upstream, center, random or mixed")

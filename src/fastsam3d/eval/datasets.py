@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 Layout = str
 LAYOUTS = ("amos", "nnunet", "totalseg", "brats", "manifest", "samples")
 
@@ -67,7 +69,7 @@ class Case:
     meta: dict[str, str] = field(default_factory=dict)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset folder or manifest does not have the expected layout."""
 
 

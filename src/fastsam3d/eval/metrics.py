@@ -12,12 +12,14 @@ import edt
 import numpy as np
 from scipy import ndimage
 
+from ..errors import InputError
+
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     """``2 |P & G| / (|P| + |G|)``."""
     p, g = np.asarray(pred, bool), np.asarray(gt, bool)
     if p.shape != g.shape:
-        raise ValueError(f"shapes differ: {p.shape} vs {g.shape}")
+        raise InputError(f"shapes differ: {p.shape} vs {g.shape}")
     total = int(p.sum()) + int(g.sum())
     if total == 0:
         return float("nan")
@@ -47,7 +49,7 @@ def normalized_surface_dice(
     """
     p, g = np.asarray(pred, bool), np.asarray(gt, bool)
     if p.shape != g.shape:
-        raise ValueError(f"shapes differ: {p.shape} vs {g.shape}")
+        raise InputError(f"shapes differ: {p.shape} vs {g.shape}")
     sp, sg = surface_voxels(p), surface_voxels(g)
     n_p, n_g = int(sp.sum()), int(sg.sum())
     if n_p == 0 and n_g == 0:

@@ -26,6 +26,7 @@ import torch
 
 from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
 from ..data.volume import Volume
+from ..errors import InputError
 from ..modeling.sam3d import upsample_logits
 from .clicks import CenterClicker
 
@@ -63,9 +64,9 @@ def image_dependence(
             high-resolution features).
     """
     if replace not in PARTS:
-        raise ValueError(f"replace={replace!r}: expected one of {', '.join(PARTS)}")
+        raise InputError(f"replace={replace!r}: expected one of {', '.join(PARTS)}")
     if replace != "all" and not model.cfg.encoder.feature_channels:
-        raise ValueError(
+        raise InputError(
             f"replace={replace!r} needs a model with high-resolution decoder features "
             "(EncoderConfig.feature_channels); this one has none: use replace='all'"
         )

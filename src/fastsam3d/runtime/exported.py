@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..modeling.sam3d import Sam3D
 
 log = logging.getLogger(__name__)
@@ -215,9 +216,9 @@ class ExportedModel:
         self, model: Sam3D, runtime: str, threads: int | None = None, cache_dir: Path | None = None
     ) -> None:
         if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r}; choose one of {sorted(RUNTIMES)}")
+            raise InputError(f"unknown runtime {runtime!r}; choose one of {sorted(RUNTIMES)}")
         if model.device.type != "cpu":
-            raise ValueError(
+            raise InputError(
                 "exported runtimes run on the CPU; the model is on " + str(model.device)
             )
         self.backend, self.precision = RUNTIMES[runtime]

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..modeling.layers import MLPBlock
 from ..modeling.sam3d import Sam3D
 
@@ -49,7 +50,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         weight = linear.weight.detach()
         if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(
+            raise InputError(
                 f"oneDNN packing needs a CPU float32/bfloat16 weight, got {weight.dtype} on "
                 f"{weight.device}"
             )

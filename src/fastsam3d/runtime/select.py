@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..modeling.sam3d import Sam3D
 from . import onednn
 from .exported import RUNTIMES, ExportedModel
@@ -59,10 +60,10 @@ def available(runtime: str) -> bool:
 def resolve(runtime: str, model: Sam3D) -> str:
     """The concrete runtime ``auto`` stands for with this model."""
     if runtime not in CHOICES:
-        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(CHOICES)}")
+        raise InputError(f"unknown runtime {runtime!r}; choose one of {', '.join(CHOICES)}")
     if runtime != "auto":
         if not available(runtime):
-            raise ValueError(
+            raise InputError(
                 f"runtime {runtime!r} is not installed here (pip install fastsam3d[cpu])"
             )
         return runtime

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import InputError
+
 ROOT = Path(__file__).resolve().parent / "totalsegmentator"
 """Folder of the bundled files."""
 
@@ -74,14 +76,14 @@ def sample(name: str) -> Sample:
     try:
         return SAMPLES[name]
     except KeyError:
-        raise ValueError(f"unknown sample {name!r}; available: {sorted(SAMPLES)}") from None
+        raise InputError(f"unknown sample {name!r}; available: {sorted(SAMPLES)}") from None
 
 
 def label_names(label_set: LabelSet) -> dict[int, str]:
     """Label value -> structure name (TotalSegmentator's ``class_map``)."""
     tables = json.loads((ROOT / "label_names.json").read_text())
     if label_set not in tables:
-        raise ValueError(f"unknown label set {label_set!r}; available: {sorted(tables)}")
+        raise InputError(f"unknown label set {label_set!r}; available: {sorted(tables)}")
     return {int(k): v for k, v in tables[label_set].items()}
 
 
@@ -91,7 +93,7 @@ def label_value(label_set: LabelSet, structure: str) -> int:
     for value, name in names.items():
         if name == structure:
             return value
-    raise ValueError(
+    raise InputError(
         f"no structure {structure!r} in {label_set}; e.g. {sorted(names.values())[:8]}"
     )
 

@@ -1,29 +1,31 @@
-"""``python -m fastsam3d.train --config C.toml [--resume PATH]`` (also under torchrun)."""
+"""``python -m fastsam3d.train --config C.toml [--resume PATH|auto] [--steps N]`` (also under
+torchrun): the config's own kind (training or distillation)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 
-from ..cli import main
+from ..errors import InputError
+from .run import run_training
 
 
-def run() -> int:
-    argv = sys.argv[1:]
-    if "--config" not in " ".join(argv) and not any(a.startswith("--config") for a in argv):
-        print(
-            "usage: python -m fastsam3d.train --config C.toml [--resume PATH|auto]", file=sys.stderr
-        )
-        return 2
-    from .config import load_config
-
-    path = argv[argv.index("--config") + 1] if "--config" in argv else argv[0].split("=", 1)[1]
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastsam3d.train", description=__doc__)
+    parser.add_argument("--config", required=True, help="TOML file")
+    parser.add_argument("--resume", help="checkpoint to continue from, or 'auto'")
+    parser.add_argument("--steps", type=int, help="override [run] steps")
+    args = parser.parse_args(argv)
     try:
-        kind = load_config(path).kind
-    except ValueError as err:
+        trainer, _ = run_training(args.config, resume=args.resume, steps=args.steps)
+    except (InputError, OSError) as err:
         print(f"fastsam3d.train: error: {err}", file=sys.stderr)
         return 2
-    return main([kind, *argv])
+    if trainer.rank == 0:
+        print(f"wrote {trainer.out / 'model.safetensors'} (step {trainer.step})")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

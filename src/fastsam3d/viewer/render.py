@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.volume import Volume
+from ..errors import InputError
 from ..files import atomic_output
 
 
@@ -66,7 +67,7 @@ def display_planes(volume: Volume, mask: np.ndarray, point: Sequence[float]) -> 
     the screen; in sagittal planes anterior is on the left; anterior/superior point up.
     """
     if mask.shape != volume.shape:
-        raise ValueError(f"mask {mask.shape} and volume {volume.shape} differ in shape")
+        raise InputError(f"mask {mask.shape} and volume {volume.shape} differ in shape")
     (image, labels), ornt, spacing = _canonical(
         volume, np.asarray(volume.array, np.float32), mask.astype(np.uint8)
     )
@@ -118,7 +119,7 @@ def render_overlay(
     import matplotlib.pyplot as plt
 
     if mask.shape != volume.shape:
-        raise ValueError(f"mask {mask.shape} and volume {volume.shape} differ in shape")
+        raise InputError(f"mask {mask.shape} and volume {volume.shape} differ in shape")
     point: Sequence[float]
     if center is not None:
         point = center

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
 from ..modeling.image_encoder import Block3D
 from ..modeling.sam3d import Sam3D
 
@@ -107,20 +108,20 @@ def _region(model: Sam3D, sample_name: str, structure: str) -> torch.Tensor:
     labels = read_volume(found.labels).array
     voxels = np.argwhere(labels == label_value(found.label_set, structure))
     if not len(voxels):
-        raise ValueError(f"{structure!r} has no voxels in sample {sample_name!r}")
+        raise InputError(f"{structure!r} has no voxels in sample {sample_name!r}")
     frame = FrameSpec(size=model.cfg.image_size)
     roi = roi_around(volume, voxels.mean(axis=0), frame)
     return normalize_roi(resample_to_roi(volume, roi), frame.normalization)[None, None].float()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m fastsam3d.eval.encoder_probe --model NAME [--checkpoint FILE] [--config
+    """``python -m fastsam3d.train.encoder_probe --model NAME [--checkpoint FILE] [--config
     TRAIN.toml]``: print the table for a region around a structure of a bundled sample."""
     import argparse
 
     from ..build import load_model
 
-    parser = argparse.ArgumentParser(prog="python -m fastsam3d.eval.encoder_probe")
+    parser = argparse.ArgumentParser(prog="python -m fastsam3d.train.encoder_probe")
     parser.add_argument("--model", default="fastsam3d-lite", help="registry name")
     parser.add_argument("--checkpoint", help="weights (default: the bundled ones, if any)")
     parser.add_argument(

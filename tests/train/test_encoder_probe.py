@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastsam3d.build import build_model, get_spec
-from fastsam3d.eval.encoder_probe import encoder_stats, format_stats, main
+from fastsam3d.train.encoder_probe import encoder_stats, format_stats, main
 
 
 def _global_tiny(**changes: object):

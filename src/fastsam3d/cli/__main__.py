@@ -1,0 +1,7 @@
+"""``python -m fastsam3d.cli ...`` (e.g. under torchrun)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

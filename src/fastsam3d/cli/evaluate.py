@@ -1,0 +1,143 @@
+"""``fastsam3d eval``: models and a model-free baseline with simulated clicks; Dice per click,
+a Table-2 style summary and a plot. Under ``torchrun`` the cases are split over the processes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from ..eval.clicks import EVAL_SIMULATORS
+from ..eval.datasets import LAYOUTS
+from .common import apply_threads, compute_parent, load_for_command, model_parent, prepared
+
+
+def parse_clicks(text: str) -> tuple[int, ...]:
+    """``"1,3,5,10"`` -> sorted distinct click counts (each at least 1)."""
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        values = ()
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected click counts like '1,3,5,10', got {text!r}")
+    return values
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "eval",
+        parents=[model_parent(repeatable=True), compute_parent()],
+        help="interactive evaluation: simulated clicks, Dice per click, Table-2 style summary",
+        description="Evaluate models (and a model-free random-walker baseline) on a dataset with "
+        "simulated clicks. Writes OUT/results.csv (per case, structure, method, click), "
+        "timings.csv, summary.md and dice_vs_clicks.png; resumes where an earlier run stopped. "
+        "Run under `torchrun --nproc_per_node N -m fastsam3d.cli eval ...` to split the cases "
+        "over N processes. Use --runtime torch for the fp32 reference numbers.",
+    )
+    p.add_argument("data", help="dataset folder, a .csv/.json manifest, or sample names (ct,mr)")
+    p.add_argument(
+        "--layout",
+        required=True,
+        choices=LAYOUTS,
+        help="samples: DATA is a list of bundled samples, e.g. ct,mr",
+    )
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-walker baseline")
+    p.add_argument("--clicks", type=parse_clicks, default=(1, 3, 5, 10), help="e.g. 1,3,5,10")
+    p.add_argument("--protocol", choices=("paper", "realistic"), default="realistic")
+    p.add_argument("--simulator", choices=EVAL_SIMULATORS, default="center")
+    p.add_argument(
+        "--logit-quirk",
+        action="store_true",
+        help="upstream simulator: read the prediction as logit > 0.5, as upstream did",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", help="amos/nnunet: training|validation; totalseg: meta.csv split")
+    p.add_argument("--channel", type=int, help="channel of multi-channel images")
+    p.add_argument("--modality", default="t1ce", help="brats: t1, t1ce, t2 or flair")
+    p.add_argument("--structures", help="only these structure names, comma-separated")
+    p.add_argument("--max-cases", type=int, help="only the first N cases")
+    p.set_defaults(func=run)
+
+
+def _methods(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
+    """One :class:`~fastsam3d.eval.protocols.Method` per ``--model`` and the baseline."""
+    from ..eval.baseline import RandomWalkerBaseline
+    from ..eval.protocols import Method
+
+    models, ckpts = args.model or [], args.checkpoint or []
+    if len(models) != len(ckpts):
+        raise InputError(
+            f"give one --checkpoint per --model ({len(models)} models, {len(ckpts)} checkpoints); "
+            "use --checkpoint random for random weights"
+        )
+    if not models and args.no_baseline:
+        raise InputError("nothing to evaluate: give --model/--checkpoint or keep the baseline")
+    methods = []
+    for name, files in zip(models, ckpts, strict=True):
+        arch = None if name == "from-checkpoint" else name
+        model, label = load_for_command(arch, files, args.device, seed=args.seed)
+        runner, runtime = prepared(model, args)
+        if runtime != "torch":
+            label += f" [{runtime}]"
+        methods.append(Method(label, runner))
+    if not args.no_baseline:
+        size = methods[0].model.cfg.image_size if methods else 128
+        low = methods[0].model.cfg.low_res_size if methods else 32
+        methods.append(Method("random walker (no network)", RandomWalkerBaseline(size, low), "all"))
+    labels = [m.name for m in methods]
+    if len(set(labels)) != len(labels):
+        raise InputError(f"two methods share a name: {labels}")
+    return methods
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..eval.datasets import load_cases
+    from ..eval.report import plot_curves, read_rows, summary_markdown
+    from ..eval.runner import EvalConfig, distributed_context, evaluate, merge
+
+    config = EvalConfig(
+        protocol=args.protocol,
+        simulator=args.simulator,
+        clicks=args.clicks,
+        seed=args.seed,
+        logit_quirk=args.logit_quirk,
+        structures=tuple(s.strip() for s in args.structures.split(","))
+        if args.structures
+        else None,
+    )
+    cases = load_cases(
+        args.data, args.layout, split=args.split, channel=args.channel, modality=args.modality
+    )
+    if args.max_cases:
+        cases = cases[: args.max_cases]
+    apply_threads(args)
+    methods = _methods(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world, initialised = distributed_context()
+    progress = (
+        (lambda items: tqdm(list(items), desc=f"cases (rank {rank}/{world})", file=sys.stderr))
+        if rank == 0
+        else None
+    )
+    evaluate(cases, methods, config, out, rank=rank, world=world, progress=progress)
+    if initialised:
+        torch.distributed.barrier()
+    if rank == 0:
+        results, timings = merge(out)
+        rows = read_rows(results)
+        summary = summary_markdown(rows, config.clicks, read_rows(timings))
+        (out / "summary.md").write_text(summary)
+        title = f"{args.layout}: {config.protocol} protocol, {config.simulator} clicks"
+        plot = plot_curves(rows, out / "dice_vs_clicks.png", title) if rows else None
+        print(summary)
+        print(f"wrote {results}, {timings}, {out / 'summary.md'}" + (f", {plot}" if plot else ""))
+    if initialised:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return 0
