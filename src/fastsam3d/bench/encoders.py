@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..build import build_meta, load_model
 from ..config import AttentionImpl, SparseAttentionConfig, SparsePattern
+from ..modeling.sam3d import upsample_logits
 from ..registry import get_spec
 from .timing import TimingStats, round_robin
 
@@ -161,7 +162,7 @@ def _accuracy_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _upsampled_mask(logits: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(logits, size=(128,) * 3, mode="trilinear", align_corners=False) > 0
+    return upsample_logits(logits, 128) > 0
 
 
 def benchmark_encoders(
@@ -290,8 +291,7 @@ def _decoder_call(
         with torch.inference_mode():
             out, _ = model.decode(embedding, point, labels, mask_logits=prev)
             if upsample is not None:
-                size = (upsample,) * 3
-                out = F.interpolate(out, size=size, mode="trilinear", align_corners=False) > 0
+                out = upsample_logits(out, upsample) > 0
         _sync(point.device)
         return out
 

@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
 from ..data.volume import Volume
 from ..interactive.session import Session, model_prompting
+from ..modeling.sam3d import upsample_logits
 from .clicks import ClickSimulator
 from .metrics import dice, normalized_surface_dice
 
@@ -66,9 +66,8 @@ class ClickRecord:
 
 
 def _upsample(logits: torch.Tensor, size: int) -> torch.Tensor:
-    return F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False)[
-        0, 0
-    ]
+    """``(1, 1, L, L, L)`` logits -> ``(size, size, size)`` float32 (upstream's upsampling)."""
+    return upsample_logits(logits.float(), size)[0, 0]
 
 
 def run_paper(
