@@ -52,7 +52,7 @@ def test_pad_labels_and_zero_mask_change_the_result(tiny_model: Sam3D, gen) -> N
         ignored = tiny_model.decode(emb, points, torch.full_like(labels, -1))[0]
         zero_mask = tiny_model.decode(emb, points, labels, torch.zeros(1, 1, 16, 16, 16))[0]
     assert not torch.allclose(base, ignored)
-    assert not torch.allclose(base, zero_mask)  # masks=zeros is not masks=None (UPSTREAM 0.5)
+    assert not torch.allclose(base, zero_mask)  # masks=zeros != masks=None (docs/upstream.md U5)
 
 
 def test_points_with_label_minus_one_are_ignored(tiny_model: Sam3D, gen) -> None:

@@ -12,7 +12,7 @@ from fastsam3d.modeling import relpos
 
 
 def _bias_from_spec(q: torch.Tensor, tables: list[torch.Tensor], side: int) -> torch.Tensor:
-    """UPSTREAM.md 0.2, written out with loops (one head, no batch):
+    """docs/upstream.md U2, written out with loops (one head, no batch):
     bias[(qd,qh,qw)->(kd,kh,kw)] =
         q(qd,qh,qw).Rd[qd-kw] + q(qd,qh,kd).Rh[qh-kw] + q(qd,qh,kh).Rw[kh-kw]
     with R[i - j] = rel_pos[i - j + side - 1]."""

@@ -1,6 +1,6 @@
 """The model frame: how a region of a volume is presented to the model, and mapped back.
 
-The released weights were trained on (UPSTREAM.md section 4): RAS+ canonical orientation, array
+The released weights were trained on (docs/upstream.md U6): RAS+ canonical orientation, array
 axes in (x, y, z) order, 1.5 mm isotropic voxels, a ``128^3`` crop, z-normalisation over the
 crop's voxels > 0. A :class:`Roi` is one such crop placed in world space: a cube of ``size^3``
 voxels of ``spacing`` mm whose axes are the volume's own axes permuted and flipped to point

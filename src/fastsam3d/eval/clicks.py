@@ -3,7 +3,7 @@
 Every simulator takes an explicit ``numpy.random.Generator``; the same seed gives the same
 clicks. Masks are ``(I, J, K)`` bool arrays on one grid with voxel ``spacing`` in mm.
 
-- :class:`UpstreamClicker`: SAM-Med3D / FastSAM3D evaluation (UPSTREAM.md 4): clicks 1 and 2
+- :class:`UpstreamClicker`: SAM-Med3D / FastSAM3D evaluation (docs/upstream.md U7): clicks 1 and 2
   in the inner core of the larger error region (Euclidean distance transform, candidates with
   distance > half the maximum, uniform choice), later clicks uniform in the error region.
   ``logit_quirk=True`` reproduces upstream's reading of the prediction as ``logit > 0.5``

@@ -1,6 +1,6 @@
 """Evaluation protocols: how one method segments one structure from simulated clicks.
 
-``paper`` (FastSAM3D Table 2 / SAM-Med3D's original evaluation, UPSTREAM.md 4): the model-frame
+``paper`` (FastSAM3D Table 2, SAM-Med3D's original evaluation; docs/upstream.md U7): the model-frame
 ``128^3`` crop is centred on the ground truth's bounding box (an oracle placement), the model
 gets the newest click plus its previous logits, and Dice is computed on the crop after
 upsampling the logits. Upstream reports ``max`` over the clicks; the per-click values are kept.

@@ -1,7 +1,7 @@
 """Reports from ``results.csv``: a Table-2-style Markdown summary and a Dice-vs-clicks plot.
 
 Per task (case x structure x method) the Dice "at k clicks" is the value after the k-th click;
-upstream's reported number is the *best* Dice over the first k clicks (UPSTREAM.md 4), shown
+upstream's reported number is the *best* Dice over the first k clicks (docs/upstream.md U7), shown
 as "max<=k" for the paper protocol. Means are over tasks (``nan`` values, from both masks empty,
 are ignored).
 """

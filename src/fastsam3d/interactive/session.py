@@ -5,7 +5,7 @@ index order for volumes read from files, see :mod:`fastsam3d.data.volume`), or w
 with the convention named explicitly (``world="ras"`` or ``"lps"``).
 
 Protocol: each prediction sends the *newest* click(s) plus the previous low-resolution logits as
-the mask prompt (how upstream's released weights are evaluated, UPSTREAM.md 0.5 and 4), or every
+the mask prompt (how upstream's released weights are evaluated, docs/upstream.md U5, U7), or every
 click of the region plus the previous logits (``prompting="all"``, the newer SAM-Med3D protocol
 and how ``fastsam3d-lite`` is trained); the first prediction in a region sends an all-zero mask.
 The default, ``"auto"``, is what the model's config names (:func:`model_prompting`).

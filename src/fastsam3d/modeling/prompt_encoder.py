@@ -4,7 +4,7 @@ Coordinate frame: points are voxel indices ``(i0, i1, i2)`` of the ``S^3`` model
 tensor axis order (dims 2, 3, 4 of the ``(B, 1, S, S, S)`` image). A voxel's centre is at
 ``index + 0.5``.
 
-Two upstream facts reproduced here (UPSTREAM.md section 0.4):
+Two upstream facts reproduced here (docs/upstream.md U4):
 
 - The dense positional encoding at embedding-grid cell ``(i, j, k)`` is the Fourier encoding of
   ``((j + .5) / G, (i + .5) / G, (k + .5) / G)``: axes 0 and 1 are swapped relative to how points

@@ -16,7 +16,7 @@ really added is
 
 i.e. the d-term varies along the key's w axis, and the h/w terms use the query *at other
 positions* (``qw := kd`` and ``qw := kh``) of the same ``(qd, qh)`` row. We reproduce that
-(UPSTREAM.md section 0.2). Terms are kept factorised as :class:`RelPosTerms`; the bias is
+(docs/upstream.md U2). Terms are kept factorised as :class:`RelPosTerms`; the bias is
 materialised densely (``dense_bias``), gathered for sparse index pairs (``gather_bias``) or
 reduced analytically over padding keys (``window_pad_logsumexp``).
 

@@ -14,8 +14,8 @@ reference) and cached on disk under a hash of the weights:
 Precisions: ``fp32`` (exact up to summation order), ``bf16`` (OpenVINO's bf16 inference hint:
 matrix products in bfloat16 where the CPU has AVX512-BF16/AMX), ``int8`` (ONNX Runtime dynamic
 int8 quantisation of the weights of matrix products). Reduced precisions change results: check
-them with ``fastsam3d bench runtimes`` before relying on them. Thread counts are chosen by the
-caller (``threads``), never by importing this module.
+them with ``fastsam3d bench models --runtimes ...`` (mask Dice vs fp32) before relying on them.
+Thread counts are chosen by the caller (``threads``), never by importing this module.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
 ``auto``            CUDA models: ``torch``. CPU: ``openvino-bf16`` where OpenVINO is installed
                     and the CPU computes bf16 natively (AVX512-BF16 or AMX); it was the fastest
                     runtime on the project's machine and passed the accuracy gate (mask Dice
-                    >= 0.99 against fp32, ``fastsam3d bench runtimes``). Otherwise ``onednn``
+                    >= 0.99 against fp32, ``fastsam3d bench models``). Otherwise ``onednn``
                     (exact fp32), else ``torch``.
 ==================  =====================================================================
 
