@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set-up on a fresh machine: .venv with the CPU build of torch, this package (editable) and its
-# test tools, at the versions pinned in requirements/constraints.txt; NiiVue for the web viewer
-# from the npm registry (web/package-lock.json). Safe to re-run.
+# test tools, at the versions pinned in requirements/constraints.txt. NiiVue is vendored in the
+# package; when npm is there, the npm copy of its pin is installed too so the tests can check that
+# the vendored file equals it (scripts/update_niivue.py refreshes the vendored one). Safe to re-run.
 #   --browser  also install the Debian packages the tests need (Chromium, dicom3tools, Xvfb and
 #              Qt's X libraries; apt; needs root or sudo)
 set -euo pipefail
@@ -13,7 +14,7 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c requ
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -e ".[test]"
 
-# the web viewer's NiiVue bundle (served by `fastsam3d serve`; no CDN at run time)
+# NiiVue from npm (the vendored copy must equal it; see tests/test_wheel.py)
 if command -v npm >/dev/null 2>&1; then
     # web/node_modules/.installed-lock: the lock file of the last install (skip when unchanged)
     if ! cmp -s web/package-lock.json web/node_modules/.installed-lock; then
@@ -21,7 +22,7 @@ if command -v npm >/dev/null 2>&1; then
         cp web/package-lock.json web/node_modules/.installed-lock
     fi
 else
-    echo "setup: npm not found: the web page of 'fastsam3d serve' needs NiiVue (npm ci --prefix web)" >&2
+    echo "setup: npm not found: the vendored NiiVue is used as is (not compared with npm's)" >&2
 fi
 
 # --browser: Debian packages the tests need: Chromium (browser tests), dicom3tools (dciodvfy
