@@ -1,7 +1,12 @@
-"""Test helpers: synthetic volumes with known geometry, DICOM writing, an oracle model."""
+"""Test helpers: synthetic volumes with known geometry, DICOM writing, an oracle model, torchrun."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -110,3 +115,39 @@ class OracleModel:
         self.calls.append({"points": points.clone(), "labels": labels.clone(), "mask": mask_logits})
         logits = F.avg_pool3d(embedding, self.factor) - 0.5
         return logits, torch.ones(points.shape[0], 1)
+
+
+def start_torchrun(args: Sequence[str]) -> subprocess.Popen[str]:
+    """``python -m torch.distributed.run ARGS`` with one thread per worker, output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        encoding="utf-8",
+        errors="replace",
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def finish_torchrun(procs: Sequence[subprocess.Popen[str]], timeout: float = 120) -> list[str]:
+    """Wait for torchrun launches and assert that they succeeded; returns their outputs.
+
+    On a timeout (a hung collective) each launcher gets SIGTERM, on which torchrun stops its
+    workers (they run in sessions of their own, out of reach of a plain kill), then SIGKILL.
+    """
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    for proc, text in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, text[-3000:]
+    return outputs

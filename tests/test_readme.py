@@ -35,7 +35,10 @@ def test_session_example_runs(tmp_path, monkeypatch) -> None:
     assert block is not None
     code = block.group(1)
     for old, new in (
-        ('load_model("fastsam3d", "fastsam3d.pth")', 'load_model("fastsam3d", random_weights=True)'),
+        (
+            'load_model("fastsam3d", "fastsam3d.pth")',
+            'load_model("fastsam3d", random_weights=True)',
+        ),
         ('read_volume("ct.nii.gz")', f'read_volume("{samples.sample("ct").image}")'),
     ):
         assert old in code

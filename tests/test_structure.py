@@ -13,7 +13,7 @@ LAYERS = {
     "_version": 0,
     "files": 1,
     "config": 1,
-    "devices": 1,
+    "distributed": 1,
     "modeling": 2,
     "data": 2,
     "registry": 2,

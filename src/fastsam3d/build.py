@@ -17,6 +17,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, PathLike, read_checkpoint
 from .config import AttentionImpl, ModelConfig, SparseAttentionConfig
+from .distributed import process_device
 from .errors import InputError
 from .modeling.attention import EncoderAttention
 from .modeling.detail import DetailRefiner
@@ -70,7 +71,7 @@ def build_model(
     cfg = resolve_config(model, attn_impl, sparse)
     net = build_meta(cfg).to_empty(device="cpu")
     init_weights(net, torch.Generator().manual_seed(seed))
-    return net.to(device=device, dtype=dtype)
+    return net.to(device=process_device(device), dtype=dtype)
 
 
 def load_model(
@@ -96,7 +97,8 @@ def load_model(
         checkpoint: path, or several paths combined part by part (e.g. a bare student encoder
             followed by a full model supplying the prompt encoder and decoder). Any format of
             :mod:`fastsam3d.checkpoint`.
-        device: where the model lives.
+        device: where the model lives (under torchrun, ``"cuda"`` is ``cuda:LOCAL_RANK``,
+            see :func:`fastsam3d.distributed.process_device`).
         dtype: parameter dtype (float32 reproduces upstream).
         attn_impl: override the attention implementation (``"sdpa"`` / ``"eager"``).
         sparse: encoder sparse attention (weights trained densely lose accuracy under it).
@@ -117,6 +119,7 @@ def load_model(
         >>> model = load_model("fastsam3d", "fastsam3d.pth")  # doctest: +SKIP
         >>> emb = model.encode(image)                          # (1, 384, 8, 8, 8)
     """
+    device = process_device(device)
     if random_weights:
         if checkpoint is not None or name is None:
             raise InputError(

@@ -23,9 +23,12 @@ def _default_mode() -> int:
 
 
 def _temp_beside(path: Path, suffix: str) -> Path:
-    """A new empty file ``.<name>.<random><suffix>`` in ``path``'s folder (created if needed)."""
+    """A new empty file ``.<name>.<pid>.<random><suffix>`` in ``path``'s folder (created if
+    needed): unique per process and call, so concurrent writers (torchrun ranks, two runs
+    sharing a cache) never write into each other's temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    prefix = f".{path.name}.{os.getpid()}."
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(name)
 

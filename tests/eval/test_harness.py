@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -20,7 +18,7 @@ from fastsam3d.eval.clicks import CenterClicker
 from fastsam3d.eval.datasets import load_cases
 from fastsam3d.eval.protocols import Method, run_paper, run_realistic
 
-from ..helpers import OracleModel
+from ..helpers import OracleModel, finish_torchrun, start_torchrun
 
 FRAME = FrameSpec(size=32, normalization="none")
 
@@ -178,35 +176,60 @@ def test_paper_protocol_with_upstream_clicks(dataset, tmp_path) -> None:
 def test_two_torchrun_processes_equal_one(dataset, tmp_path) -> None:
     single, double = tmp_path / "one", tmp_path / "two"
     assert main(["eval", str(dataset), *EVAL_ARGS, "--out", str(single)]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "fastsam3d.cli",
-        "eval",
-        str(dataset),
-        *EVAL_ARGS,
-        "--out",
-        str(double),
-    ]
-    done = subprocess.run(
-        cmd,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ["--standalone", "--nproc_per_node", "2", "-m", "fastsam3d.cli", "eval", str(dataset)]
+    finish_torchrun([start_torchrun([*args, *EVAL_ARGS, "--out", str(double)])])
     assert (double / "results.csv").read_text() == (single / "results.csv").read_text()
     parts = {p.name for p in (double / "parts").glob("*.csv") if not p.name.endswith("timing.csv")}
     assert len(parts) == 12
+
+
+SPAWN_CONFIG = runner.EvalConfig(clicks=(1, 2), seed=3)
+
+
+def _spawn_methods() -> list[Method]:
+    import fastsam3d
+
+    return [Method("tiny", fastsam3d.load_model("test-tiny", seed=3))]
+
+
+def _evaluate_as_rank(rank: int, world: int, port: int, manifest: str, out: str) -> None:
+    """A torchrun-like worker: joins a gloo group and evaluates into a folder of its own."""
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cases = load_cases(manifest, "manifest")
+        folder = Path(out) / f"rank{rank}"
+        runner.evaluate(cases, _spawn_methods(), SPAWN_CONFIG, folder, rank=rank, world=world)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_rank0_gathers_the_parts_of_ranks_that_share_no_folder(dataset, tmp_path) -> None:
+    """Two gloo ranks with separate output folders (nodes without a shared disk): rank 0 ends up
+    with every part and merges the same ``results.csv`` as one process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    single = tmp_path / "single"
+    runner.evaluate(load_cases(dataset, "manifest"), _spawn_methods(), SPAWN_CONFIG, single)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_evaluate_as_rank, args=(2, port, str(dataset), str(tmp_path)), nprocs=2)
+
+    def results(folder: Path) -> set[str]:
+        return {p.name for p in (folder / "parts").glob("*.csv") if "timing" not in p.name}
+
+    assert results(tmp_path / "rank1") == {"case1__blob_a__tiny.csv", "case1__blob_b__tiny.csv"}
+    assert results(tmp_path / "rank0") == results(single)
+    assert len(results(single)) == 6
+    merged = runner.merge(tmp_path / "rank0")[0].read_text()
+    assert merged == runner.merge(single)[0].read_text()
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporary file left behind
 
 
 def test_cli_argument_errors(dataset, tmp_path, capsys) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 
@@ -45,3 +47,28 @@ def distill_config(out: str, layerwise: int = 6, logit: int = 6) -> dict[str, An
         },
         "distill": {"layerwise_steps": layerwise, "logit_steps": logit, "mask_weight": 0.5},
     }
+
+
+def write_toml(data: dict, path: Path) -> Path:
+    """``data`` (tables, one level of sub-tables) as a TOML file at ``path``."""
+
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return f'"{v}"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines = []
+    for table, values in data.items():
+        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+        for name, sub in nested.items():
+            lines.append(f"[{table}.{name}]")
+            lines += [f"{k} = {value(v)}" for k, v in sub.items()]
+    path.write_text("\n".join(lines) + "\n")
+    tomllib.loads(path.read_text())
+    return path

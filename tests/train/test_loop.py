@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
-import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,30 +13,9 @@ from fastsam3d.cli import main
 from fastsam3d.train.config import parse_config
 from fastsam3d.train.loop import Trainer
 
+from ..helpers import finish_torchrun, start_torchrun
 from .conftest import distill_config, train_config
-
-
-def _toml(data: dict, path: Path) -> Path:
-    def value(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return f'"{v}"'
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-
-    lines = []
-    for table, values in data.items():
-        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {value(v)}" for k, v in values.items() if not isinstance(v, dict)]
-        for name, sub in nested.items():
-            lines.append(f"[{table}.{name}]")
-            lines += [f"{k} = {value(v)}" for k, v in sub.items()]
-    path.write_text("\n".join(lines) + "\n")
-    tomllib.loads(path.read_text())
-    return path
+from .conftest import write_toml as _toml
 
 
 def test_interactive_loss_decreases_over_30_steps(tmp_path) -> None:
@@ -172,40 +146,43 @@ def test_distillation_resume_restores_projections_and_stage(tmp_path) -> None:
 
 
 def test_two_ddp_processes_match_one_with_the_same_global_batch(tmp_path) -> None:
+    """2 processes x 1 sample == 1 process x 1 sample x ``grad_accum`` 2 for any recipe: rank r's
+    micro-batch is exactly micro-batch r of the single process (same samples, same draws), and
+    DDP averages what accumulation sums / 2. Validation is split over the ranks."""
+    validation = {
+        "root": "ct,mr",
+        "layout": "samples",
+        "clicks": [1, 2],
+        "structures": ["spleen"],
+        "max_cases": 2,
+    }
     single = train_config(str(tmp_path / "one"), steps=3)
     single["optim"]["grad_accum"] = 2  # global batch 2 in one process
+    single["interactive"]["free_rounds"] = [0, 2]  # a micro-batch shares this draw
+    single["run"]["validate_every"] = 3
+    single["validation"] = validation
     Trainer(parse_config(single), "train", progress=False).run()
     double = train_config(str(tmp_path / "two"), steps=3)  # 2 processes x 1 sample
+    double["interactive"]["free_rounds"] = [0, 2]
+    double["run"]["validate_every"] = 3
+    double["validation"] = validation
     path = _toml(double, tmp_path / "ddp.toml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "fastsam3d.train",
-        "--config",
-        str(path),
-    ]
-    done = subprocess.run(
-        cmd,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ["--standalone", "--nproc_per_node", "2", "-m", "fastsam3d.train", "--config", str(path)]
+    finish_torchrun([start_torchrun(args)])
     read = lambda p: [float(r["loss"]) for r in csv.DictReader((p / "metrics.csv").open())]  # noqa: E731
     np.testing.assert_allclose(read(tmp_path / "two"), read(tmp_path / "one"), rtol=1e-4, atol=1e-6)
     a = fastsam3d.load_model(None, tmp_path / "one" / "model.safetensors").state_dict()
     b = fastsam3d.load_model(None, tmp_path / "two" / "model.safetensors").state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    scores = [
+        list(csv.DictReader((tmp_path / run / "validation.csv").open())) for run in ("one", "two")
+    ]
+    assert len(scores[0]) == len(scores[1]) == 1
+    for key in ("step", "dice@1", "dice@2"):  # weights equal to 1e-5: masks nearly identical
+        assert float(scores[1][0][key]) == pytest.approx(float(scores[0][0][key]), abs=0.01)
+    merged = (tmp_path / "two" / "validation" / "step_000003" / "results.csv").read_text()
+    assert {line.split(",")[1] for line in merged.splitlines()[1:]} == {"ct", "mr"}
 
 
 def test_teacher_feature_cache_is_reused(tmp_path, monkeypatch) -> None:

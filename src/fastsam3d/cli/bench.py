@@ -169,7 +169,7 @@ def _models(args: argparse.Namespace, runtimes: list[str]) -> dict[str, Any]:
         peak_memory_mb,
         plot_latency,
     )
-    from ..devices import resolve_device
+    from ..distributed import resolve_device
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     device, dtype = str(resolve_device(args.device)), args.dtype

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..devices import DEVICE_CHOICES, resolve_device
+from ..distributed import DEVICE_CHOICES, resolve_device
 from ..errors import InputError
 from ..files import atomic_output
 from ..registry import DEFAULT_MODEL, list_models

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_output
+
 Row = dict[str, str]
 
 
@@ -143,8 +145,7 @@ def plot_curves(rows: Sequence[Row], path: Path, title: str = "") -> Path:
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)
     return path

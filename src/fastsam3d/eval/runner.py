@@ -3,11 +3,12 @@
 A *task* is one structure of one case, segmented by one method. Each finished task is written
 atomically to ``OUT/parts/`` (its click rows, and its timings separately), so an interrupted run
 resumes where it stopped. Under ``torchrun --nproc_per_node N`` (``RANK`` / ``WORLD_SIZE`` in the
-environment) cases are dealt out round-robin to the processes (gloo), and rank 0 merges the parts
-into ``results.csv`` (deterministic: no timings in it), ``timings.csv``, ``summary.md`` and
-``dice_vs_clicks.png``. The clicks of a task depend only on the seed, the case and the structure
-(not on the process or the method), so every method gets the same first click and the merged
-results do not depend on how the work was split.
+environment) cases are dealt out round-robin to the processes (gloo), each writes the parts of its
+own tasks, rank 0 gathers every rank's parts through the process group (so the ranks need no
+shared folder) and merges them into ``results.csv`` (deterministic: no timings in it),
+``timings.csv``, ``summary.md`` and ``dice_vs_clicks.png``. The clicks of a task depend only on
+the seed, the case and the structure (not on the process or the method), so every method gets
+the same first click and the merged results do not depend on how the work was split.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import csv
 import io
 import logging
 import math
-import os
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data.align import labels_on_grid
 from ..data.frame import FrameSpec
 from ..data.io import read_volume
@@ -160,13 +161,19 @@ def evaluate(
     world: int = 1,
     progress: Callable[[Iterable[Case]], Iterable[Case]] | None = None,
 ) -> None:
-    """Run this process's share of the tasks, writing one part per finished task."""
+    """Run this process's share of the tasks, writing one part per finished task.
+
+    With ``world > 1`` inside a process group of that size (torchrun), every rank then sends the
+    parts of its cases to rank 0, which writes those its ``parts/`` lacks: afterwards rank 0
+    holds all parts whether or not the ranks share ``out_dir``.
+    """
     parts = out_dir / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     simulator = make_simulator(config.simulator, config.logit_quirk)
     mine: Iterable[Case] = [c for n, c in enumerate(cases) if n % world == rank]
     if progress is not None:
         mine = progress(mine)
+    names: list[str] = []  # the parts of this rank's cases
     for case in mine:
         wanted = [
             s.name
@@ -176,6 +183,7 @@ def evaluate(
         if case.structures and all(
             _done(parts, _part_name(case, n, m.name)) for n in wanted for m in methods
         ):
+            names += [_part_name(case, n, m.name) for n in wanted for m in methods]
             continue  # resumed run: this case is finished, do not even read it
         volume = read_volume(case.image, channel=case.channel)
         targets = load_targets(case, volume)
@@ -186,6 +194,7 @@ def evaluate(
                 if config.structures is not None and structure.name not in config.structures:
                     continue
                 name = _part_name(case, structure.name, method.name)
+                names.append(name)
                 if _done(parts, name):
                     continue
                 gt_voxels = int(gt.sum())
@@ -200,6 +209,28 @@ def evaluate(
                 _write_task(
                     parts, name, case, structure, method, config, records, gt_voxels, voxel_mm3
                 )
+    if world > 1 and distributed.active() and torch.distributed.get_world_size() == world:
+        _gather_parts(parts, names)
+
+
+def _gather_parts(parts: Path, names: Sequence[str]) -> None:
+    """Collective: rank 0 receives every rank's part files and writes those it lacks (timings
+    and skip notes before the result file that marks a task done)."""
+    mine = {}
+    for name in names:
+        for suffix in (".timing.csv", ".skipped", ".csv"):
+            path = parts / f"{name}{suffix}"
+            if path.is_file():
+                mine[path.name] = path.read_text()
+    gathered = distributed.gather_to_rank0(mine)
+    if gathered is None:
+        return
+    for files in gathered:
+        for file_name, text in files.items():
+            path = parts / file_name
+            if not path.is_file() or path.read_text() != text:
+                with atomic_output(path) as tmp:
+                    tmp.write_text(text)
 
 
 def _done(parts: Path, name: str) -> bool:
@@ -281,10 +312,14 @@ def merge(out_dir: Path) -> tuple[Path, Path]:
 
 
 def distributed_context() -> tuple[int, int, bool]:
-    """``(rank, world, initialised)`` from torchrun's environment (gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not torch.distributed.is_initialized():
+    """``(rank, world, active)`` from torchrun's environment, joining its process group with
+    gloo if none exists yet (evaluation exchanges only small results; models may still run on
+    ``cuda:LOCAL_RANK``, see :func:`fastsam3d.distributed.process_device`). ``active``: more
+    than one process, so callers synchronise (barrier) before rank 0 merges."""
+    info = distributed.launch()
+    if info.world == 1:
+        return info.rank, 1, False
+    if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
-        return rank, world, True
-    return rank, world, False
+    distributed.quiet_other_ranks(info.rank)
+    return info.rank, info.world, True

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..files import atomic_output
 from ..modeling.sam3d import Sam3D
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,9 @@ class _Decoder(nn.Module):
 
 
 def export_onnx(model: Sam3D, folder: Path) -> tuple[Path, Path]:
-    """Export encoder and decoder graphs (legacy TorchScript exporter, opset 17) atomically."""
+    """Export encoder and decoder graphs (legacy TorchScript exporter, opset 17) atomically,
+    through temporary files unique to the process (torchrun ranks sharing the cache may export
+    at once; every reader sees a whole graph)."""
     folder.mkdir(parents=True, exist_ok=True)
     encoder_path, decoder_path = folder / "encoder.onnx", folder / "decoder.onnx"
     cfg = model.cfg
@@ -108,45 +111,63 @@ def export_onnx(model: Sam3D, folder: Path) -> tuple[Path, Path]:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about Python-side shape checks
         if not encoder_path.exists():
-            tmp = folder / ".encoder.onnx.tmp"
-            torch.onnx.export(
-                _Encoder(model),
-                (torch.zeros(1, 1, s, s, s),),
-                str(tmp),
-                opset_version=17,
-                dynamo=False,
-                input_names=["image"],
-                output_names=["embedding"],
-                dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
-            )
-            os.replace(tmp, encoder_path)
+            with atomic_output(encoder_path, suffix=".onnx") as tmp:
+                torch.onnx.export(
+                    _Encoder(model),
+                    (torch.zeros(1, 1, s, s, s),),
+                    str(tmp),
+                    opset_version=17,
+                    dynamo=False,
+                    input_names=["image"],
+                    output_names=["embedding"],
+                    dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+                )
         if not decoder_path.exists():
-            tmp = folder / ".decoder.onnx.tmp"
             example = (
                 torch.zeros(1, d, g, g, g),
                 torch.full((1, 2, 3), float(s // 2)),
                 torch.tensor([[1, 0]]),
                 torch.zeros(1, 1, low, low, low),
             )
-            torch.onnx.export(
-                _Decoder(model),
-                example,
-                str(tmp),
-                opset_version=17,
-                dynamo=False,
-                input_names=["embedding", "points", "labels", "mask_logits"],
-                output_names=["logits", "iou"],
-                dynamic_axes={
-                    "embedding": {0: "batch"},
-                    "points": {0: "batch", 1: "points"},
-                    "labels": {0: "batch", 1: "points"},
-                    "mask_logits": {0: "batch"},
-                    "logits": {0: "batch"},
-                    "iou": {0: "batch"},
-                },
-            )
-            os.replace(tmp, decoder_path)
+            with atomic_output(decoder_path, suffix=".onnx") as tmp:
+                torch.onnx.export(
+                    _Decoder(model),
+                    example,
+                    str(tmp),
+                    opset_version=17,
+                    dynamo=False,
+                    input_names=["embedding", "points", "labels", "mask_logits"],
+                    output_names=["logits", "iou"],
+                    dynamic_axes={
+                        "embedding": {0: "batch"},
+                        "points": {0: "batch", 1: "points"},
+                        "labels": {0: "batch", 1: "points"},
+                        "mask_logits": {0: "batch"},
+                        "logits": {0: "batch"},
+                        "iou": {0: "batch"},
+                    },
+                )
     return encoder_path, decoder_path
+
+
+def wait_for_local_rank0(paths: list[Path], timeout_s: float | None = None) -> bool:
+    """Under torchrun, let local rank 0 write the exported graphs that are not cached yet: the
+    other ranks of a node wait until ``paths`` exist (``True``), or ``timeout_s`` (default
+    ``$FASTSAM3D_EXPORT_WAIT_S`` or 1800 s) passes and they export themselves (``False``; the
+    atomic writes keep that safe). Elsewhere returns ``False`` at once."""
+    from ..distributed import launch, under_torchrun
+
+    if not under_torchrun() or launch().local_rank == 0 or all(p.exists() for p in paths):
+        return False
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("FASTSAM3D_EXPORT_WAIT_S", "1800"))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(p.exists() for p in paths):
+            return True
+        time.sleep(0.2)
+    log.warning("local rank 0 did not export %s in %.0f s: exporting here", paths[0], timeout_s)
+    return False
 
 
 def _quantize_int8(path: Path) -> Path:
@@ -154,15 +175,14 @@ def _quantize_int8(path: Path) -> Path:
     if not out.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        tmp = out.with_name("." + out.name + ".tmp")
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # the quantiser logs advice at WARNING on the root logger
         try:
-            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+            with atomic_output(out, suffix=".onnx") as tmp:
+                quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
         finally:
             root.setLevel(level)
-        os.replace(tmp, out)
     return out
 
 
@@ -230,6 +250,8 @@ class ExportedModel:
         n_threads = threads or torch.get_num_threads()
         folder = (cache_dir or default_cache_dir()) / "onnx" / weights_digest(model)
         t0 = time.perf_counter()
+        suffix = ".int8.onnx" if self.precision == "int8" else ".onnx"
+        wait_for_local_rank0([folder / f"{part}{suffix}" for part in ("encoder", "decoder")])
         encoder_path, decoder_path = export_onnx(model, folder)
         if self.precision == "int8":
             encoder_path, decoder_path = _quantize_int8(encoder_path), _quantize_int8(decoder_path)

@@ -26,6 +26,9 @@ class RunConfig:
     out_dir: str = "runs/default"
     seed: int = 0
     device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` (under torchrun: ``cuda:LOCAL_RANK``) or ``cuda:N``."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process group under torchrun: ``auto`` is NCCL on CUDA and gloo on the CPU."""
     threads: int = 0
     """CPU threads per process (0: torch's default)."""
     steps: int = 100

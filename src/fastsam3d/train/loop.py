@@ -2,11 +2,14 @@
 
 AdamW with warm-up and a constant / cosine / multi-step schedule, gradient accumulation, bf16
 autocast (fp16 with a gradient scaler on CUDA), ``DistributedDataParallel`` under ``torchrun``
-(gloo on CPU, NCCL on CUDA; rank 0 writes everything), checkpoints with the complete training
-state (model, optimizer, scheduler, scaler, step, RNG) from which a run continues bit-identically
-(the data of each step depends only on the seed and the step), ``metrics.csv``, periodic
-validation with the evaluation harness, a progress bar with ETA, and a final
-``model.safetensors`` in our native format.
+(one process per device, ``cuda:LOCAL_RANK``; NCCL on CUDA, gloo on CPU; gradients averaged over
+the ranks, each of which draws its own share of every global batch), checkpoints with the
+complete training state (model, optimizer, scheduler, scaler, step, every rank's RNG) from which
+a run continues bit-identically (the data of each step depends only on the seed and the step),
+``metrics.csv``, periodic validation with the evaluation harness (split over the ranks), a
+progress bar with ETA, and a final ``model.safetensors`` in our native format. Rank 0 writes
+every output, atomically; a resumed run takes rank 0's checkpoint, sent to the other ranks, so
+nodes need not share the output folder.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import contextlib
 import csv
 import logging
 import math
-import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -29,9 +33,10 @@ from torch.utils.data import DataLoader
 from ..build import build_model, load_model
 from ..checkpoint import save_native
 from ..data.frame import FrameSpec
+from ..distributed import from_rank0, gather_to_rank0, join, resolve_device
 from ..eval.clicks import make_simulator
 from ..eval.datasets import load_cases
-from ..eval.runner import distributed_context
+from ..files import atomic_output
 from ..modeling.sam3d import Sam3D
 from .config import DistillConfig, InteractiveConfig, TrainConfig, config_to_dict
 from .data import StepBatches, TrainingRegions
@@ -59,14 +64,6 @@ METRIC_FIELDS = (
     "grad_encoder",
     "grad_prompt_decoder",
 )
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: no CUDA device available")
-    return torch.device(name)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -101,12 +98,13 @@ class Trainer:
     ) -> None:
         config.check(kind)
         self.config, self.kind, self.progress = config, kind, progress
-        self.rank, self.world, self.dist = distributed_context()
-        self.device = _device(config.run.device)
+        self.device = resolve_device(config.run.device)  # cuda:LOCAL_RANK under torchrun
+        self.rank, self.world, self.dist = join(self.device, config.run.backend)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         self.out = Path(config.run.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.step = 0
         if kind == "train":
             self._build_train()
@@ -143,11 +141,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.wrapped: nn.Module = self.step_module
         if self.dist:
+            # averages the gradients over the ranks on backward (from rank 0's initial weights)
             self.wrapped = nn.parallel.DistributedDataParallel(
                 self.step_module,
                 find_unused_parameters=True,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
+        self._seed_global_rng(0)
+        if self.dist:  # rank 0's choice counts: other nodes may not see its output folder
+            resume = from_rank0(None if resume is None else str(resume))
         if resume is not None:
             self._resume(Path(resume))
 
@@ -279,11 +281,10 @@ class Trainer:
                 return list(data["tokens"]), data["embedding"]
         with torch.no_grad(), self._autocast():
             embedding, tokens = self.teacher.encode_with_tokens(image, self.pairing)
-        if cache is not None and image.shape[0] == 1:
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = cache / f".sample_{int(indices[0]):08d}.pt.tmp"
-            torch.save({"tokens": [t.cpu() for t in tokens], "embedding": embedding.cpu()}, tmp)
-            os.replace(tmp, cache / f"sample_{int(indices[0]):08d}.pt")
+        if cache is not None and image.shape[0] == 1:  # ranks may write one sample at once
+            with atomic_output(cache / f"sample_{int(indices[0]):08d}.pt") as tmp:
+                data = {"tokens": [t.cpu() for t in tokens], "embedding": embedding.cpu()}
+                torch.save(data, tmp)
         return tokens, embedding
 
     def _micro_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
@@ -362,8 +363,8 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             self.step += 1
-            if self.dist:
-                t = torch.tensor([total], dtype=torch.float64)
+            if self.dist:  # on the device: NCCL reduces CUDA tensors only
+                t = torch.tensor([total], dtype=torch.float64, device=self.device)
                 torch.distributed.all_reduce(t)
                 total = float(t) / self.world
             row = {
@@ -383,9 +384,9 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{total:.4f}", **({"k": k} if k else {}))
             if self.step % c.run.checkpoint_every == 0 or self.step == c.run.steps:
-                self.save_checkpoint()
-            if c.run.validate_every and self.step % c.run.validate_every == 0 and self.rank == 0:
-                self.validate()
+                self.save_checkpoint()  # every rank: their RNG states go in
+            if c.run.validate_every and self.step % c.run.validate_every == 0:
+                self.validate()  # every rank: the cases are split
         if bar is not None:
             bar.close()
         if self.rank == 0:
@@ -451,30 +452,59 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
+            # "torch": rank 0's CPU generator (older readers); "ranks": each rank's generators
+            "rng": {"torch": torch.get_rng_state(), "ranks": [self._rng_state()]},
         }
 
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _seed_global_rng(self, step: int) -> None:
+        """Seed torch's global generators from ``(seed, rank, step)``: ranks differ, runs
+        repeat. (The data and the clicks do not use them: they come from the sample index.)"""
+        seq = np.random.SeedSequence([self.config.run.seed, self.rank, step, 7])
+        torch.manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
+
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/step_N.pt`` and ``last.pt`` atomically (rank 0)."""
+        """Write ``checkpoints/step_N.pt`` and ``last.pt`` atomically (rank 0). Under torchrun
+        every rank must call it (their RNG states are gathered into the checkpoint)."""
+        rngs = gather_to_rank0(self._rng_state())
         if self.rank != 0:
             return None
         folder = self.out / "checkpoints"
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step_{self.step:06d}.pt"
-        tmp = folder / f".{path.name}.tmp"
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
-        last_tmp = self.out / ".last.pt.tmp"
-        shutil.copyfile(path, last_tmp)
-        os.replace(last_tmp, self.out / "last.pt")
+        state = self.state()
+        state["rng"]["ranks"] = rngs
+        with atomic_output(path) as tmp:
+            torch.save(state, tmp)
+        with atomic_output(self.out / "last.pt") as tmp:
+            shutil.copyfile(path, tmp)
         return path
 
+    def _read(self, path: Path) -> dict[str, Any]:
+        """Rank 0 reads the checkpoint and sends it to the others (or its error)."""
+        state: Any = None
+        if self.rank == 0:
+            try:
+                if not path.is_file():
+                    raise ValueError(f"{path}: no checkpoint to resume from")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                    raise ValueError(f"{path}: not a fastsam3d training checkpoint")
+            except ValueError as err:
+                state = {"error": str(err)}
+        if self.dist:
+            state = from_rank0(state)
+        if "error" in state:
+            raise ValueError(state["error"])
+        return dict(state)
+
     def _resume(self, path: Path) -> None:
-        if not path.is_file():
-            raise ValueError(f"{path}: no checkpoint to resume from")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: not a fastsam3d training checkpoint")
+        state = self._read(path)
         if state["kind"] != self.kind:
             raise ValueError(f"{path}: a {state['kind']} checkpoint cannot resume {self.kind}")
         if state["model_config"] != self.model.cfg.to_dict():
@@ -485,20 +515,28 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
         self.step = int(state["step"])
+        ranks = state["rng"].get("ranks") or [{"torch": state["rng"]["torch"]}]
+        if len(ranks) == self.world:
+            torch.set_rng_state(ranks[self.rank]["torch"])
+            if "cuda" in ranks[self.rank] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(ranks[self.rank]["cuda"], self.device)
+        else:  # another number of processes: fresh generators for this rank and step
+            self._seed_global_rng(self.step)
         metrics = self.out / "metrics.csv"
         if self.rank == 0 and metrics.exists():  # drop rows logged after this checkpoint
             with metrics.open(newline="") as f:
                 kept = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-            with metrics.open("w", newline="") as f:
+            with atomic_output(metrics) as tmp, tmp.open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, lineterminator="\n")
                 writer.writeheader()
                 writer.writerows(kept)
         log.info("resumed from %s at step %d", path, self.step)
 
     def validate(self) -> dict[str, float]:
-        """Evaluate the current model with the harness; appends to ``validation.csv``."""
+        """Evaluate the current model with the harness; appends to ``validation.csv``. Under
+        torchrun every rank must call it: the cases are split, rank 0 merges and writes (and
+        returns the scores; other ranks return ``{}``)."""
         from ..eval.protocols import Method
         from ..eval.report import read_rows
         from ..eval.runner import EvalConfig, evaluate, merge
@@ -517,12 +555,20 @@ class Trainer:
         out = self.out / "validation" / f"step_{self.step:06d}"
         self.model.eval()
         try:
-            evaluate(cases, [Method(self.model_name, self.model)], cfg, out)
+            method = Method(self.model_name, self.model)
+            with contextlib.ExitStack() as stack:
+                folder = out  # other ranks work in a scratch folder; evaluate sends rank 0 all
+                if self.rank != 0:
+                    scratch = tempfile.TemporaryDirectory(prefix="fastsam3d-validation-")
+                    folder = Path(stack.enter_context(scratch))
+                evaluate(cases, [method], cfg, folder, rank=self.rank, world=self.world)
         finally:
             self.model.train()
             if self.kind == "distill":
                 self.model.prompt_encoder.eval()
                 self.model.mask_decoder.eval()
+        if self.rank != 0:
+            return {}
         rows = read_rows(merge(out)[0])
         result = {"step": float(self.step)}
         for k in v.clicks:
