@@ -144,7 +144,8 @@ EOF
 step bench "$PYTHON" -m fastsam3d.cli bench models --device "$device" --threads "$threads" \
     "${bench_args[@]}" --json "$out/bench.json"
 step eval "${torchrun[@]}" -m fastsam3d.cli eval "${eval_args[@]}" --layout samples \
-    "${eval_model[@]}" --no-baseline --device "$device" --threads "$threads" --out "$out/eval"
+    "${eval_model[@]}" --no-baseline --runtime torch --device "$device" --threads "$threads" \
+    --out "$out/eval"
 
 echo "outputs in $out (timings.tsv, *.log, train/, bench.json, eval/)"
 cat "$timings"

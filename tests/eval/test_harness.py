@@ -189,7 +189,7 @@ SPAWN_CONFIG = runner.EvalConfig(clicks=(1, 2), seed=3)
 def _spawn_methods() -> list[Method]:
     import fastsam3d
 
-    return [Method("tiny", fastsam3d.load_model("test-tiny", seed=3))]
+    return [Method("tiny", fastsam3d.load_model("test-tiny", seed=3, random_weights=True))]
 
 
 def _evaluate_as_rank(rank: int, world: int, port: int, manifest: str, out: str) -> None:

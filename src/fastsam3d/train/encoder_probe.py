@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         if spec is None:
             parser.error(f"{args.config} has no [model] section")
         arch = spec.model_config()
-    model = load_model(arch, args.checkpoint)  # type: ignore[arg-type]
+    fresh = args.checkpoint is None and args.config is not None  # a config's initial model
+    model = load_model(arch, args.checkpoint, random_weights=fresh)  # type: ignore[arg-type]
     print(format_stats(encoder_stats(model, _region(model, args.sample, args.structure))))
 
 

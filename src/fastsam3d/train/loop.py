@@ -158,8 +158,13 @@ class Trainer:
     def _load(self, spec: Any) -> Sam3D:
         cfg = spec.model_config()
         ckpt = list(spec.checkpoint) or None
-        return load_model(
-            cfg, ckpt, device=self.device, seed=self.config.run.seed, fresh=spec.fresh
+        return load_model(  # no checkpoint in the config: training from scratch
+            cfg,
+            ckpt,
+            device=self.device,
+            seed=self.config.run.seed,
+            fresh=spec.fresh,
+            random_weights=ckpt is None,
         )
 
     def _build_train(self) -> None:
