@@ -19,7 +19,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from fastsam3d.build import load_model
-from fastsam3d.server import ServerConfig, create_app
+from fastsam3d.server import ServerConfig, create_app, routes
+from fastsam3d.server.routes import fill
 
 
 def main() -> None:
@@ -34,15 +35,15 @@ def main() -> None:
     )
     clicks, boxes, fulls = [], [], []
     with TestClient(app) as client:
-        sid = client.post("/api/sessions", json={"path": "big.nii.gz"}).json()["id"]
+        sid = client.post(routes.SESSIONS, json={"path": "big.nii.gz"}).json()["id"]
         revision = 0
         for n in range(6):
             t0 = time.perf_counter()
-            state = client.post(f"/api/sessions/{sid}/clicks", json={"point": [260 + n, 240, 160]})
+            state = client.post(fill(routes.CLICKS, sid=sid), json={"point": [260 + n, 240, 160]})
             t1 = time.perf_counter()
-            update = client.get(f"/api/sessions/{sid}/labels?since={revision}")
+            update = client.get(fill(routes.LABELS, {"since": revision}, sid=sid))
             t2 = time.perf_counter()
-            client.get(f"/api/sessions/{sid}/labels")
+            client.get(fill(routes.LABELS, sid=sid))
             t3 = time.perf_counter()
             revision = int(update.headers["x-revision"])
             clicks.append(1e3 * (t1 - t0))

@@ -24,6 +24,8 @@ from scipy import ndimage
 from fastsam3d import samples
 from fastsam3d.data.align import labels_on_grid
 from fastsam3d.data.io import read_volume
+from fastsam3d.server import routes
+from fastsam3d.server.routes import fill
 
 
 def wait_for(condition, what: str, timeout: float = 120.0) -> None:
@@ -64,7 +66,7 @@ def main(url: str, token: str, out: Path) -> None:
     mask = np.asarray(labels.data) > 0
     sid = widget.session.lease_status()["session_id"]
     resp = httpx.get(
-        f"{url}/api/sessions/{sid}/labels.nii.gz",
+        url + fill(routes.LABELS_FILE, sid=sid, fmt="nii.gz"),
         headers={"Authorization": f"Bearer {token}"},
         timeout=60,
     )

@@ -13,8 +13,9 @@ from fastapi.testclient import TestClient
 
 import fastsam3d
 from fastsam3d.data.io import read_volume
-from fastsam3d.server import Limits, ServerConfig, SessionStore, create_app
+from fastsam3d.server import Limits, ServerConfig, SessionStore, create_app, routes
 from fastsam3d.server.encoding import compact_labels, decode_compact, display_image, nifti_gz
+from fastsam3d.server.routes import fill
 
 SHAPE = (40, 36, 30)
 AFFINE = np.array(
@@ -61,20 +62,20 @@ def client(model, data_dir: Path):
 
 
 def _open(client: TestClient, path: str = "scan.nii.gz") -> str:
-    r = client.post("/api/sessions", json={"path": path})
+    r = client.post(routes.SESSIONS, json={"path": path})
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
 
 def _labels(client: TestClient, sid: str) -> np.ndarray:
-    r = client.get(f"/api/sessions/{sid}/labels")
+    r = client.get(fill(routes.LABELS, sid=sid))
     assert r.status_code == 200
     shape = tuple(int(v) for v in r.headers["x-shape"].split(","))
     return decode_compact(r.content, shape)
 
 
 def _click(client: TestClient, sid: str, point, **kwargs) -> dict:
-    r = client.post(f"/api/sessions/{sid}/clicks", json={"point": list(point), **kwargs})
+    r = client.post(fill(routes.CLICKS, sid=sid), json={"point": list(point), **kwargs})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -83,14 +84,14 @@ def _click(client: TestClient, sid: str, point, **kwargs) -> dict:
 
 
 def test_health_files_and_schema(client: TestClient) -> None:
-    health = client.get("/api/health").json()
+    health = client.get(routes.HEALTH).json()
     assert health["status"] == "ok"
     assert health["sessions"] == 0
     assert health["limits"]["max_sessions"] == 16
-    files = client.get("/api/files").json()["files"]
+    files = client.get(routes.FILES).json()["files"]
     assert files == ["broken.nii.gz", "scan.nii.gz", "sub/flat.nii.gz"]
     paths = client.get("/openapi.json").json()["paths"]
-    for path in (
+    for path in (  # the public paths, spelled out: fastsam3d.server.routes must keep them
         "/api/sessions",
         "/api/sessions/upload",
         "/api/sessions/{sid}",
@@ -108,38 +109,59 @@ def test_health_files_and_schema(client: TestClient) -> None:
         assert path in paths, path
 
 
+def test_every_route_path_is_served(client: TestClient) -> None:
+    schema = set(client.get("/openapi.json").json()["paths"])
+    hidden = {routes.PAGE, routes.STATIC, routes.NIIVUE, routes.HEALTHZ}  # not in the schema
+    names = [name for name in vars(routes) if name.isupper()]
+    paths = [getattr(routes, n) for n in names if isinstance(getattr(routes, n), str)]
+    assert len(paths) > 30
+    for path in [*paths, *routes.NNI_UNSUPPORTED.values()]:
+        assert path in schema or path in hidden, path
+
+
+def test_fill_quotes_fields_and_adds_queries() -> None:
+    assert fill(routes.CLICKS, sid="a b/c") == "/api/sessions/a%20b%2Fc/clicks"
+    assert fill(routes.UNDO, {"object": 2}, sid="x") == "/api/sessions/x/undo?object=2"
+    assert fill(routes.LABELS, {"since": None}, sid="x") == "/api/sessions/x/labels"
+    assert fill(routes.LABELS_FILE, sid="x", fmt="nii.gz") == "/api/sessions/x/labels.nii.gz"
+    with pytest.raises(ValueError, match=r"missing \['sid'\]"):
+        fill(routes.CLICKS)
+    with pytest.raises(ValueError, match=r"unknown \['sid'\]"):
+        fill(routes.HEALTH, sid="x")
+
+
 def test_dicom_folders_are_listed(model, tmp_path: Path) -> None:
     from tests.helpers import write_dicom_series
 
     write_dicom_series(_image().astype(np.int16), AFFINE, tmp_path / "series")
     with _client(model, tmp_path) as c:
-        assert c.get("/api/files").json()["files"] == ["series"]
+        assert c.get(routes.FILES).json()["files"] == ["series"]
         sid = _open(c, "series")
-        assert c.get(f"/api/sessions/{sid}").json()["shape"] == list(SHAPE)
+        assert c.get(fill(routes.SESSION, sid=sid)).json()["shape"] == list(SHAPE)
 
 
 def test_page_and_static_files(client: TestClient) -> None:
-    page = client.get("/")
+    page = client.get(routes.PAGE)
     assert page.status_code == 200
-    assert "/static/app.js" in page.text
-    assert client.get("/static/app.js").status_code == 200
+    assert fill(routes.STATIC, name="app.js") in page.text
+    assert client.get(fill(routes.STATIC, name="app.js")).status_code == 200
     assert client.get("/static/../app.py").status_code == 404
-    assert client.get("/static/nothing.js").status_code == 404
+    assert client.get(fill(routes.STATIC, name="nothing.js")).status_code == 404
 
 
 def test_missing_niivue_is_explained(model, data_dir: Path) -> None:
     with _client(model, data_dir, niivue=data_dir / "none.js") as c:
-        r = c.get("/vendor/niivue.js")
+        r = c.get(routes.NIIVUE)
         assert r.status_code == 404
         assert "scripts/setup.sh" in r.json()["detail"]
-        assert c.get("/api/health").json()["viewer"] is False
+        assert c.get(routes.HEALTH).json()["viewer"] is False
 
 
 # -- opening -----------------------------------------------------------------------------------
 
 
 def test_open_path_returns_geometry(client: TestClient) -> None:
-    r = client.post("/api/sessions", json={"path": "scan.nii.gz"})
+    r = client.post(routes.SESSIONS, json={"path": "scan.nii.gz"})
     assert r.status_code == 201
     state = r.json()
     assert state["shape"] == list(SHAPE)
@@ -163,20 +185,20 @@ def test_open_path_returns_geometry(client: TestClient) -> None:
     ],
 )
 def test_open_path_errors(client: TestClient, path: str, status: int, words: str) -> None:
-    r = client.post("/api/sessions", json={"path": path})
+    r = client.post(routes.SESSIONS, json={"path": path})
     assert r.status_code == status
     assert words in r.json()["detail"]
 
 
 def test_symlink_out_of_the_data_folder_is_refused(client: TestClient, data_dir: Path) -> None:
     (data_dir / "link.nii.gz").symlink_to(data_dir.parent / "outside.nii.gz")
-    r = client.post("/api/sessions", json={"path": "link.nii.gz"})
+    r = client.post(routes.SESSIONS, json={"path": "link.nii.gz"})
     assert r.status_code == 403
 
 
 def test_upload_opens_a_session(client: TestClient) -> None:
     r = client.post(
-        "/api/sessions/upload?filename=my%20scan.nii.gz", content=_nifti_bytes(_image())
+        fill(routes.UPLOAD, {"filename": "my scan.nii.gz"}), content=_nifti_bytes(_image())
     )
     assert r.status_code == 201, r.text
     state = r.json()
@@ -197,7 +219,7 @@ def test_upload_opens_a_session(client: TestClient) -> None:
 def test_upload_errors(client: TestClient, name: str, body, status: int, words: str) -> None:
     if body is None:
         body = _nifti_bytes(np.zeros((16, 16, 1), np.float32))
-    r = client.post(f"/api/sessions/upload?filename={name}", content=body)
+    r = client.post(fill(routes.UPLOAD, {"filename": name}), content=body)
     assert r.status_code == status
     assert words in r.json()["detail"]
     assert "fastsam3d-upload-" not in r.json()["detail"]  # no server paths in messages
@@ -205,7 +227,7 @@ def test_upload_errors(client: TestClient, name: str, body, status: int, words: 
 
 def test_upload_over_the_limit(model, data_dir: Path) -> None:
     with _client(model, data_dir, limits=Limits(max_upload_bytes=1000)) as c:
-        r = c.post("/api/sessions/upload?filename=big.nii.gz", content=b"x" * 5000)
+        r = c.post(fill(routes.UPLOAD, {"filename": "big.nii.gz"}), content=b"x" * 5000)
         assert r.status_code == 413
         assert "limit" in r.json()["detail"]
 
@@ -213,13 +235,13 @@ def test_upload_over_the_limit(model, data_dir: Path) -> None:
             for _ in range(5):
                 yield b"x" * 400
 
-        r = c.post("/api/sessions/upload?filename=big.nii.gz", content=chunks())
+        r = c.post(fill(routes.UPLOAD, {"filename": "big.nii.gz"}), content=chunks())
         assert r.status_code == 413
 
 
 def test_image_over_the_voxel_limit(model, data_dir: Path) -> None:
     with _client(model, data_dir, limits=Limits(max_voxels=1000)) as c:
-        r = c.post("/api/sessions", json={"path": "scan.nii.gz"})
+        r = c.post(routes.SESSIONS, json={"path": "scan.nii.gz"})
         assert r.status_code == 413
         assert "exceeds the limit 1000" in r.json()["detail"]
 
@@ -229,23 +251,23 @@ def test_image_over_the_voxel_limit(model, data_dir: Path) -> None:
 
 def test_session_lifecycle(client: TestClient) -> None:
     sid = _open(client)
-    assert client.get(f"/api/sessions/{sid}").json()["id"] == sid
-    assert client.get("/api/health").json()["sessions"] == 1
-    assert client.delete(f"/api/sessions/{sid}").status_code == 204
-    r = client.get(f"/api/sessions/{sid}")
+    assert client.get(fill(routes.SESSION, sid=sid)).json()["id"] == sid
+    assert client.get(routes.HEALTH).json()["sessions"] == 1
+    assert client.delete(fill(routes.SESSION, sid=sid)).status_code == 204
+    r = client.get(fill(routes.SESSION, sid=sid))
     assert r.status_code == 404
     assert "no open session" in r.json()["detail"]
-    assert client.delete(f"/api/sessions/{sid}").status_code == 404
-    assert client.post(f"/api/sessions/{sid}/clicks", json={"point": [1, 1, 1]}).status_code == 404
+    assert client.delete(fill(routes.SESSION, sid=sid)).status_code == 404
+    assert client.post(fill(routes.CLICKS, sid=sid), json={"point": [1, 1, 1]}).status_code == 404
 
 
 def test_image_and_overlay_share_the_input_geometry(client: TestClient) -> None:
     sid = _open(client)
     image = nib.Nifti1Image.from_bytes(
-        gzip.decompress(client.get(f"/api/sessions/{sid}/image.nii.gz").content)
+        gzip.decompress(client.get(fill(routes.IMAGE, sid=sid)).content)
     )
     overlay = nib.Nifti1Image.from_bytes(
-        gzip.decompress(client.get(f"/api/sessions/{sid}/overlay.nii.gz").content)
+        gzip.decompress(client.get(fill(routes.OVERLAY, sid=sid)).content)
     )
     for img in (image, overlay):
         assert img.shape == SHAPE
@@ -268,23 +290,23 @@ def test_click_undo_redo_reset(client: TestClient) -> None:
     assert second["objects"][0]["can_undo"]
     assert not second["objects"][0]["can_redo"]
 
-    undone = client.post(f"/api/sessions/{sid}/undo").json()
+    undone = client.post(fill(routes.UNDO, sid=sid)).json()
     assert np.array_equal(_labels(client, sid), labels1)
     assert undone["objects"][0]["can_redo"]
-    redone = client.post(f"/api/sessions/{sid}/redo").json()
+    redone = client.post(fill(routes.REDO, sid=sid)).json()
     assert np.array_equal(_labels(client, sid), labels2)
     assert redone["objects"][0]["clicks"] == second["objects"][0]["clicks"]
 
-    client.post(f"/api/sessions/{sid}/undo")
+    client.post(fill(routes.UNDO, sid=sid))
     _click(client, sid, (22, 19, 15))  # a new click drops the redo stack
-    r = client.post(f"/api/sessions/{sid}/redo")
+    r = client.post(fill(routes.REDO, sid=sid))
     assert r.status_code == 409
     assert "nothing to redo" in r.json()["detail"]
 
-    reset = client.post(f"/api/sessions/{sid}/reset").json()
+    reset = client.post(fill(routes.RESET, sid=sid)).json()
     assert reset["labelled_voxels"] == 0
     assert reset["objects"][0]["clicks"] == []
-    r = client.post(f"/api/sessions/{sid}/undo")
+    r = client.post(fill(routes.UNDO, sid=sid))
     assert r.status_code == 409
     assert "nothing to undo" in r.json()["detail"]
 
@@ -298,7 +320,7 @@ def test_world_clicks_name_the_same_voxel(client: TestClient) -> None:
         sid = _open(client)
         states.append(_click(client, sid, point, frame=frame))
         assert states[-1]["objects"][0]["clicks"][0]["index"] == pytest.approx(index.tolist())
-        client.delete(f"/api/sessions/{sid}")
+        client.delete(fill(routes.SESSION, sid=sid))
     assert len({s["labelled_voxels"] for s in states}) == 1
 
 
@@ -313,7 +335,7 @@ def test_world_clicks_name_the_same_voxel(client: TestClient) -> None:
 )
 def test_click_errors(client: TestClient, body: dict, status: int, words: str) -> None:
     sid = _open(client)
-    r = client.post(f"/api/sessions/{sid}/clicks", json=body)
+    r = client.post(fill(routes.CLICKS, sid=sid), json=body)
     assert r.status_code == status
     assert words in json.dumps(r.json()["detail"])
 
@@ -322,45 +344,65 @@ def test_objects_keep_their_own_history(client: TestClient) -> None:
     sid = _open(client)
     _click(client, sid, (20, 18, 15))
     one = _labels(client, sid) == 1
-    state = client.post(f"/api/sessions/{sid}/objects", json={"name": "lesion"}).json()
+    state = client.post(fill(routes.OBJECTS, sid=sid), json={"name": "lesion"}).json()
     assert [(o["label"], o["name"]) for o in state["objects"]] == [(1, "object 1"), (2, "lesion")]
     assert state["active"] == 2
     _click(client, sid, (12, 10, 10))
     two = _labels(client, sid) == 2
     assert two.any()
     # undo of object 2 does not touch object 1
-    client.post(f"/api/sessions/{sid}/undo")
+    client.post(fill(routes.UNDO, sid=sid))
     labels = _labels(client, sid)
     assert not (labels == 2).any()
     assert np.array_equal(labels == 1, one)
     # explicit object in the query / body
-    client.post(f"/api/sessions/{sid}/redo?object=2")
+    client.post(fill(routes.REDO, {"object": 2}, sid=sid))
     assert np.array_equal(_labels(client, sid) == 2, two)
-    r = client.post(f"/api/sessions/{sid}/undo?object=1")
+    r = client.post(fill(routes.UNDO, {"object": 1}, sid=sid))
     assert r.status_code == 200
     assert not (_labels(client, sid) == 1).any()
     # activate, rename, delete
-    assert client.post(f"/api/sessions/{sid}/objects/1/activate").json()["active"] == 1
-    renamed = client.patch(f"/api/sessions/{sid}/objects/2", json={"name": "tumour"}).json()
+    assert client.post(fill(routes.ACTIVATE, sid=sid, label=1)).json()["active"] == 1
+    renamed = client.patch(fill(routes.OBJECT, sid=sid, label=2), json={"name": "tumour"}).json()
     assert renamed["objects"][1]["name"] == "tumour"
-    bad = client.patch(f"/api/sessions/{sid}/objects/2", json={"name": ""})
+    bad = client.patch(fill(routes.OBJECT, sid=sid, label=2), json={"name": ""})
     assert bad.status_code == 422
-    assert client.post(f"/api/sessions/{sid}/objects/9/activate").status_code == 404
-    after = client.delete(f"/api/sessions/{sid}/objects/2").json()
+    assert client.post(fill(routes.ACTIVATE, sid=sid, label=9)).status_code == 404
+    after = client.delete(fill(routes.OBJECT, sid=sid, label=2)).json()
     assert [o["label"] for o in after["objects"]] == [1]
     assert after["labelled_voxels"] == 0
-    assert client.post(f"/api/sessions/{sid}/objects", json={}).json()["objects"][1]["label"] == 2
+    assert client.post(fill(routes.OBJECTS, sid=sid), json={}).json()["objects"][1]["label"] == 2
 
 
 def test_label_map_puts_later_objects_on_top(client: TestClient) -> None:
     sid = _open(client)
     _click(client, sid, (20, 18, 15))
-    client.post(f"/api/sessions/{sid}/objects", json={})
+    client.post(fill(routes.OBJECTS, sid=sid), json={})
     _click(client, sid, (20, 18, 15))  # same point: same mask, object 2 wins
     labels = _labels(client, sid)
-    state = client.get(f"/api/sessions/{sid}").json()
+    state = client.get(fill(routes.SESSION, sid=sid)).json()
     assert state["objects"][0]["voxels"] == state["objects"][1]["voxels"] > 0
     assert set(np.unique(labels)) == {0, 2}
+
+
+def test_a_second_object_reuses_the_region_embedding(client: TestClient) -> None:
+    """The objects of a session share one embedding cache: a new object clicked in a region
+    already encoded costs a decode only."""
+    sid = _open(client)
+    first = _click(client, sid, (20, 18, 15))["click"]
+    assert first["model_ms"]["encode"] > 0
+    client.post(fill(routes.OBJECTS, sid=sid), json={"name": "second"})
+    second = _click(client, sid, (20, 18, 15))["click"]
+    assert second["object"] == 2
+    assert second["new_region"] is True
+    assert second["model_ms"]["encode"] == second["model_ms"]["preprocess"] == 0.0
+
+
+def test_region_lattice_is_configurable(model, data_dir: Path) -> None:
+    with _client(model, data_dir, region_grid_mm=16.0) as c:
+        sid = _open(c)
+        annotation = c.app.state.sessions.get(sid)
+        assert annotation.add_object().session.region_grid_mm == 16.0
 
 
 # -- isolation and failures --------------------------------------------------------------------
@@ -370,10 +412,10 @@ def test_sessions_are_isolated(client: TestClient) -> None:
     a, b = _open(client), _open(client)
     _click(client, a, (20, 18, 15))
     assert _labels(client, b).sum() == 0
-    assert client.get(f"/api/sessions/{b}").json()["objects"] == []
+    assert client.get(fill(routes.SESSION, sid=b)).json()["objects"] == []
     _click(client, b, (10, 10, 10))
     _click(client, b, (12, 10, 10), positive=False)
-    assert len(client.get(f"/api/sessions/{a}").json()["objects"][0]["clicks"]) == 1
+    assert len(client.get(fill(routes.SESSION, sid=a)).json()["objects"][0]["clicks"]) == 1
 
 
 def test_a_failing_session_does_not_affect_others(client: TestClient, monkeypatch) -> None:
@@ -387,12 +429,12 @@ def test_a_failing_session_does_not_affect_others(client: TestClient, monkeypatc
         raise RuntimeError("simulated out-of-memory")
 
     monkeypatch.setattr(broken, "predict", explode)
-    r = client.post(f"/api/sessions/{a}/clicks", json={"point": [10, 10, 10]})
+    r = client.post(fill(routes.CLICKS, sid=a), json={"point": [10, 10, 10]})
     assert r.status_code == 500
     assert "simulated out-of-memory" in r.json()["detail"]
     assert a in r.json()["detail"]
     # the failed click left nothing behind, the other session works
-    assert len(client.get(f"/api/sessions/{a}").json()["objects"][0]["clicks"]) == 1
+    assert len(client.get(fill(routes.SESSION, sid=a)).json()["objects"][0]["clicks"]) == 1
     assert np.array_equal(_labels(client, a), before)
     assert _click(client, b, (20, 18, 15))["labelled_voxels"] > 0
     monkeypatch.undo()
@@ -405,24 +447,24 @@ def test_session_limit_and_idle_expiry(model, data_dir: Path) -> None:
     config = ServerConfig(data_dir=data_dir)
     with TestClient(create_app(model, config, store=store)) as c:
         a, b = _open(c), _open(c)
-        r = c.post("/api/sessions", json={"path": "scan.nii.gz"})
+        r = c.post(routes.SESSIONS, json={"path": "scan.nii.gz"})
         assert r.status_code == 503
         assert "limit 2" in r.json()["detail"]
         now[0] = 50.0
-        c.get(f"/api/sessions/{b}")  # b is used, a idles
+        c.get(fill(routes.SESSION, sid=b))  # b is used, a idles
         now[0] = 100.0
         _open(c)  # a has idled 100 s > 60 s and is closed to make room
-        assert c.get(f"/api/sessions/{a}").status_code == 404
-        assert c.get(f"/api/sessions/{b}").status_code == 200
+        assert c.get(fill(routes.SESSION, sid=a)).status_code == 404
+        assert c.get(fill(routes.SESSION, sid=b)).status_code == 200
 
 
 def test_access_token(model, data_dir: Path) -> None:
     with _client(model, data_dir, token="s3cret") as c:
-        assert c.get("/api/health").status_code == 401
-        assert c.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert c.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert c.get("/api/health?token=s3cret").status_code == 200
-        assert c.get("/").status_code == 200  # the page itself holds no data
+        assert c.get(routes.HEALTH).status_code == 401
+        assert c.get(routes.HEALTH, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get(routes.HEALTH, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get(fill(routes.HEALTH, {"token": "s3cret"})).status_code == 200
+        assert c.get(routes.PAGE).status_code == 200  # the page itself holds no data
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -432,7 +474,7 @@ def test_access_token(model, data_dir: Path) -> None:
 def test_download_keeps_the_input_geometry(client: TestClient, tmp_path: Path, fmt: str) -> None:
     sid = _open(client)
     _click(client, sid, (20, 18, 15))
-    r = client.get(f"/api/sessions/{sid}/labels.{fmt}")
+    r = client.get(fill(routes.LABELS_FILE, sid=sid, fmt=fmt))
     assert r.status_code == 200
     assert f'filename="scan_labels.{fmt}"' in r.headers["content-disposition"]
     path = tmp_path / f"down.{fmt}"
@@ -441,14 +483,14 @@ def test_download_keeps_the_input_geometry(client: TestClient, tmp_path: Path, f
     assert saved.shape == SHAPE
     assert np.allclose(saved.affine, AFFINE, atol=1e-5)
     assert np.array_equal(np.asarray(saved.array), _labels(client, sid))
-    assert client.get(f"/api/sessions/{sid}/labels.png").status_code == 422
+    assert client.get(fill(routes.LABELS_FILE, sid=sid, fmt="png")).status_code == 422
 
 
 def test_save_next_to_the_image(client: TestClient, data_dir: Path) -> None:
     sid = _open(client)
     _click(client, sid, (20, 18, 15))
-    client.patch(f"/api/sessions/{sid}/objects/1", json={"name": "kidney"})
-    r = client.post(f"/api/sessions/{sid}/save", json={})
+    client.patch(fill(routes.OBJECT, sid=sid, label=1), json={"name": "kidney"})
+    r = client.post(fill(routes.SAVE, sid=sid), json={})
     assert r.status_code == 200, r.text
     assert r.json()["path"] == "scan_labels.nii.gz"
     saved = read_volume(data_dir / "scan_labels.nii.gz")
@@ -457,31 +499,31 @@ def test_save_next_to_the_image(client: TestClient, data_dir: Path) -> None:
     legend = json.loads((data_dir / "scan_labels.json").read_text())
     assert legend["objects"] == [{"label": 1, "name": "kidney", "color": [230, 25, 75]}]
     # an existing file is kept unless asked
-    again = client.post(f"/api/sessions/{sid}/save", json={})
+    again = client.post(fill(routes.SAVE, sid=sid), json={})
     assert again.status_code == 409
-    assert client.post(f"/api/sessions/{sid}/save", json={"overwrite": True}).status_code == 200
-    nrrd = client.post(f"/api/sessions/{sid}/save", json={"format": "nrrd", "name": "out.nrrd"})
+    assert client.post(fill(routes.SAVE, sid=sid), json={"overwrite": True}).status_code == 200
+    nrrd = client.post(fill(routes.SAVE, sid=sid), json={"format": "nrrd", "name": "out.nrrd"})
     assert nrrd.json()["path"] == "out.nrrd"
     assert np.allclose(read_volume(data_dir / "out.nrrd").affine, AFFINE, atol=1e-5)
     for name in ("../escape.nii.gz", "sub/x.nii.gz", "wrong.nrrd"):
-        bad = client.post(f"/api/sessions/{sid}/save", json={"name": name})
+        bad = client.post(fill(routes.SAVE, sid=sid), json={"name": name})
         assert bad.status_code == 422, name
     assert not (data_dir.parent / "escape.nii.gz").exists()
 
 
 def test_uploaded_images_are_downloaded_not_saved(client: TestClient) -> None:
-    r = client.post("/api/sessions/upload?filename=up.nii.gz", content=_nifti_bytes(_image()))
+    r = client.post(fill(routes.UPLOAD, {"filename": "up.nii.gz"}), content=_nifti_bytes(_image()))
     sid = r.json()["id"]
-    saved = client.post(f"/api/sessions/{sid}/save", json={})
+    saved = client.post(fill(routes.SAVE, sid=sid), json={})
     assert saved.status_code == 409
     assert "download" in saved.json()["detail"]
-    assert client.get(f"/api/sessions/{sid}/labels.nii.gz").status_code == 200
+    assert client.get(fill(routes.LABELS_FILE, sid=sid, fmt="nii.gz")).status_code == 200
 
 
 def test_autosave_to_the_recovery_folder(client: TestClient, data_dir: Path) -> None:
     sid = _open(client)
     _click(client, sid, (20, 18, 15))
-    client.post(f"/api/sessions/{sid}/objects", json={"name": "second"})
+    client.post(fill(routes.OBJECTS, sid=sid), json={"name": "second"})
     _click(client, sid, (12, 10, 10))
     client.app.state.sessions.flush()
     folder = data_dir.parent / "recovery" / sid
@@ -490,14 +532,14 @@ def test_autosave_to_the_recovery_folder(client: TestClient, data_dir: Path) -> 
     assert np.allclose(saved.affine, AFFINE)
     meta = json.loads((folder / "session.json").read_text())
     assert [o["name"] for o in meta["objects"]] == ["object 1", "second"]
-    listed = client.get("/api/recovery").json()["sessions"]
+    listed = client.get(routes.RECOVERY).json()["sessions"]
     assert [s["id"] for s in listed] == [sid]
     assert listed[0]["open"] is True
-    r = client.get(f"/api/recovery/{sid}/labels.nii.gz")
+    r = client.get(fill(routes.RECOVERED_LABELS, rid=sid))
     assert r.status_code == 200
-    assert client.get("/api/recovery/..%2f..%2fetc/labels.nii.gz").status_code == 404
+    assert client.get(fill(routes.RECOVERED_LABELS, rid="../../etc")).status_code == 404
     # the autosave outlives the session (and the server)
-    client.delete(f"/api/sessions/{sid}")
+    client.delete(fill(routes.SESSION, sid=sid))
     assert (folder / "labels.nii.gz").exists()
 
 
@@ -542,7 +584,7 @@ def test_bundled_samples_are_the_default_data(model) -> None:
     from fastsam3d import samples
 
     with TestClient(create_app(model, ServerConfig(data_dir=samples.ROOT))) as c:
-        files = c.get("/api/files").json()["files"]
+        files = c.get(routes.FILES).json()["files"]
         assert "example_ct.nii.gz" in files
         assert "example_ct_dicom" in files
 
@@ -552,11 +594,11 @@ def test_undo_depth_limit_is_explained(model, data_dir: Path) -> None:
         sid = _open(c)
         _click(c, sid, (20, 18, 15))
         state = _click(c, sid, (22, 18, 15))
-        assert c.post(f"/api/sessions/{sid}/undo").status_code == 200
-        r = c.post(f"/api/sessions/{sid}/undo")
+        assert c.post(fill(routes.UNDO, sid=sid)).status_code == 200
+        r = c.post(fill(routes.UNDO, sid=sid))
         assert r.status_code == 409
         assert "only the last 1 clicks can be undone" in r.json()["detail"]
-        after = c.get(f"/api/sessions/{sid}").json()["objects"][0]
+        after = c.get(fill(routes.SESSION, sid=sid)).json()["objects"][0]
         assert after["can_undo"] is False
         assert len(after["clicks"]) == len(state["objects"][0]["clicks"]) - 1
 
@@ -581,20 +623,22 @@ def test_restore_an_autosave_after_a_restart(model, data_dir: Path) -> None:
     with _client(model, data_dir) as first:
         sid = _open(first)
         _click(first, sid, (20, 18, 15))
-        first.post(f"/api/sessions/{sid}/objects", json={"name": "lesion"})
+        first.post(fill(routes.OBJECTS, sid=sid), json={"name": "lesion"})
         _click(first, sid, (12, 10, 10))
-        up = first.post("/api/sessions/upload?filename=up.nii.gz", content=_nifti_bytes(_image()))
+        up = first.post(
+            fill(routes.UPLOAD, {"filename": "up.nii.gz"}), content=_nifti_bytes(_image())
+        )
         uid = up.json()["id"]
         _click(first, uid, (20, 18, 15))
         first.app.state.sessions.flush()
         labels, up_labels = _labels(first, sid), _labels(first, uid)
     # a new server on the same folders: the annotations come back
     with _client(model, data_dir) as second:
-        listed = {s["id"]: s for s in second.get("/api/recovery").json()["sessions"]}
+        listed = {s["id"]: s for s in second.get(routes.RECOVERY).json()["sessions"]}
         assert listed[sid]["open"] is False
         assert [o["name"] for o in listed[sid]["objects"]] == ["object 1", "lesion"]
         assert listed[uid]["uploaded"] is True
-        r = second.post(f"/api/recovery/{sid}/restore")
+        r = second.post(fill(routes.RESTORE, rid=sid))
         assert r.status_code == 201, r.text
         state = r.json()
         assert state["restored_from"] == sid
@@ -607,11 +651,11 @@ def test_restore_an_autosave_after_a_restart(model, data_dir: Path) -> None:
         assert np.array_equal(_labels(second, state["id"]), labels)
         # the restored objects can be refined and saved like any other
         assert _click(second, state["id"], (22, 18, 15), object=1)["labelled_voxels"] > 0
-        assert second.post(f"/api/sessions/{state['id']}/save", json={}).status_code == 200
-        restored_upload = second.post(f"/api/recovery/{uid}/restore").json()
+        assert second.post(fill(routes.SAVE, sid=state["id"]), json={}).status_code == 200
+        restored_upload = second.post(fill(routes.RESTORE, rid=uid)).json()
         assert restored_upload["uploaded"] is True
         assert np.array_equal(_labels(second, restored_upload["id"]), up_labels)
-        assert second.post("/api/recovery/nothing/restore").status_code == 404
+        assert second.post(fill(routes.RESTORE, rid="nothing")).status_code == 404
     assert (recovery / uid / "upload" / "up.nii.gz").is_file()
 
 
@@ -624,23 +668,23 @@ def test_old_autosaves_are_pruned_at_start(model, data_dir: Path) -> None:
     (old / "labels.nii.gz").write_bytes(b"")
     os.utime(old / "session.json", (1e9, 1e9))
     with _client(model, data_dir, recovery_days=1.0) as c:
-        assert c.get("/api/recovery").json()["sessions"] == []
+        assert c.get(routes.RECOVERY).json()["sessions"] == []
     assert not old.exists()
 
 
 def test_autosave_follows_object_names(client: TestClient, data_dir: Path) -> None:
     sid = _open(client)
-    client.post(f"/api/sessions/{sid}/objects", json={"name": "first"})
+    client.post(fill(routes.OBJECTS, sid=sid), json={"name": "first"})
     client.app.state.sessions.flush()
-    client.patch(f"/api/sessions/{sid}/objects/1", json={"name": "renamed"})
-    client.post(f"/api/sessions/{sid}/objects", json={"name": "empty"})
+    client.patch(fill(routes.OBJECT, sid=sid, label=1), json={"name": "renamed"})
+    client.post(fill(routes.OBJECTS, sid=sid), json={"name": "empty"})
     client.app.state.sessions.flush()
     meta = json.loads((data_dir.parent / "recovery" / sid / "session.json").read_text())
     assert [o["name"] for o in meta["objects"]] == ["renamed", "empty"]
 
 
 def _box_update(client: TestClient, sid: str, since: int) -> tuple[str, bytes, int]:
-    r = client.get(f"/api/sessions/{sid}/labels?since={since}")
+    r = client.get(fill(routes.LABELS, {"since": since}, sid=sid))
     assert r.status_code == 200
     return r.headers["x-box"], r.content, int(r.headers["x-revision"])
 
@@ -659,14 +703,14 @@ def test_label_updates_send_only_the_changed_box(client: TestClient) -> None:
         assert np.array_equal(held, _labels(client, sid))
         revision = revision_now
     # a rename changes no voxel: an empty update
-    client.patch(f"/api/sessions/{sid}/objects/1", json={"name": "x"})
+    client.patch(fill(routes.OBJECT, sid=sid, label=1), json={"name": "x"})
     box, data, revision = _box_update(client, sid, revision)
     assert box == ""
     assert data == b""
     # an unknown or future revision gets the whole grid
     assert _box_update(client, sid, revision + 5)[0] == f"0,{SHAPE[0]},0,{SHAPE[1]},0,{SHAPE[2]}"
     # undo recomposes the whole grid
-    client.post(f"/api/sessions/{sid}/undo")
+    client.post(fill(routes.UNDO, sid=sid))
     box, data, _ = _box_update(client, sid, revision)
     assert box == f"0,{SHAPE[0]},0,{SHAPE[1]},0,{SHAPE[2]}"
     assert np.array_equal(decode_compact(data, SHAPE), _labels(client, sid))
@@ -678,16 +722,16 @@ def test_nninteractive_leases_share_the_session_cap(model, data_dir: Path) -> No
     from fastsam3d.server.nnwire import pack
 
     with _client(model, data_dir, limits=Limits(max_sessions=1)) as client:
-        token = client.post("/claim").json()["lease_token"]
-        r = client.post("/api/sessions", json={"path": "scan.nii.gz"})
+        token = client.post(routes.NNI_CLAIM).json()["lease_token"]
+        r = client.post(routes.SESSIONS, json={"path": "scan.nii.gz"})
         assert r.status_code == 503
         assert "limit 1" in r.json()["detail"]
         r = client.post(
-            "/set_image",
+            routes.NNI_SET_IMAGE,
             content=pack(_image()[None]),
             headers={"X-Lease-Token": token, "X-Meta": '{"image_properties": {}}'},
         )
         assert r.status_code == 200, r.text
-        assert client.post("/claim").status_code == 503
-        client.post("/release", headers={"X-Lease-Token": token})
-        assert client.post("/api/sessions", json={"path": "scan.nii.gz"}).status_code == 201
+        assert client.post(routes.NNI_CLAIM).status_code == 503
+        client.post(routes.NNI_RELEASE, headers={"X-Lease-Token": token})
+        assert client.post(routes.SESSIONS, json={"path": "scan.nii.gz"}).status_code == 201

@@ -22,9 +22,11 @@ from scipy import ndimage
 from fastsam3d import samples
 from fastsam3d.data.align import labels_on_grid
 from fastsam3d.data.io import read_volume
-from fastsam3d.server.app import default_niivue
+from fastsam3d.server import routes
+from fastsam3d.server.config import default_niivue
 from fastsam3d.server.encoding import decode_compact
 from fastsam3d.server.process import serving
+from fastsam3d.server.routes import fill
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("FASTSAM3D_CHROMIUM", "/usr/bin/chromium"))
@@ -95,7 +97,7 @@ def _deepest_voxel(mask: np.ndarray) -> np.ndarray:
 
 
 def _server_labels(url: str, sid: str) -> np.ndarray:
-    r = httpx.get(f"{url}/api/sessions/{sid}/labels")
+    r = httpx.get(url + fill(routes.LABELS, sid=sid))
     shape = tuple(int(v) for v in r.headers["x-shape"].split(","))
     return decode_compact(r.content, shape)
 
@@ -129,7 +131,7 @@ def test_click_refine_undo_redo_save(server, page) -> None:
     labels = labels_on_grid(read_volume(sample.labels), volume)
     liver = labels == samples.label_value(sample.label_set, "liver")
 
-    page.goto(f"{url}/?open=example_ct.nii.gz")
+    page.goto(url + fill(routes.PAGE, {"open": "example_ct.nii.gz"}))
     page.wait_for_function("window.fastsam3d && window.fastsam3d.ready", timeout=60_000)
     assert page.evaluate("window.fastsam3d.errors") == []
     sid = page.evaluate("window.fastsam3d.sessionId")
@@ -141,7 +143,7 @@ def test_click_refine_undo_redo_save(server, page) -> None:
     rev = _revision(page)
     _click_world(page, volume.index_to_world(inside[None], "ras")[0])
     _wait_revision(page, rev)
-    state = httpx.get(f"{url}/api/sessions/{sid}").json()
+    state = httpx.get(url + fill(routes.SESSION, sid=sid)).json()
     clicked = np.array(state["objects"][0]["clicks"][0]["index"])
     assert np.abs(clicked - inside).max() < 0.51  # the page sent the voxel under the mouse
     server_labels = _server_labels(url, sid)
@@ -164,7 +166,7 @@ def test_click_refine_undo_redo_save(server, page) -> None:
     _click_world(page, volume.index_to_world(far[None], "ras")[0], negative=True)
     _wait_revision(page, rev)
     after_negative = _overlay(page)
-    state = httpx.get(f"{url}/api/sessions/{sid}").json()
+    state = httpx.get(url + fill(routes.SESSION, sid=sid)).json()
     assert state["objects"][0]["clicks"][1]["positive"] is False
     assert after_negative < after_positive
     assert after_negative == int(np.count_nonzero(_server_labels(url, sid)))
@@ -219,7 +221,7 @@ def test_second_object_and_bad_upload(page) -> None:
 def test_restore_a_closed_session_from_its_autosave(server, page) -> None:
     url, _ = server
     before_sid = page.evaluate("window.fastsam3d.sessionId")
-    state = httpx.get(f"{url}/api/sessions/{before_sid}").json()
+    state = httpx.get(url + fill(routes.SESSION, sid=before_sid)).json()
     first = next(o for o in state["objects"] if o["label"] == 1)
     expected = int(np.count_nonzero(_server_labels(url, before_sid)))
     # opening the scan again closes the current session; its autosave becomes restorable

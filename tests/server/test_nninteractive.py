@@ -17,8 +17,10 @@ from scipy import ndimage
 from fastsam3d import samples
 from fastsam3d.data.align import labels_on_grid
 from fastsam3d.data.io import read_volume
+from fastsam3d.server import routes
 from fastsam3d.server.nnwire import pack
 from fastsam3d.server.process import serving
+from fastsam3d.server.routes import fill
 
 remote = pytest.importorskip("nnInteractive.inference.remote")
 Client = remote.nnInteractiveRemoteInferenceSession
@@ -51,7 +53,7 @@ def _deepest(mask: np.ndarray) -> list[int]:
 
 def _server_labels(url: str, sid: str) -> np.ndarray:
     resp = httpx.get(
-        f"{url}/api/sessions/{sid}/labels.nii.gz",
+        url + fill(routes.LABELS_FILE, sid=sid, fmt="nii.gz"),
         headers={"Authorization": f"Bearer {TOKEN}"},
         timeout=60,
     )
@@ -138,14 +140,14 @@ def test_bad_input_gets_a_reason_and_the_session_stays_usable(server, ct) -> Non
             (np.where(liver, np.nan, image[0])[None].astype(np.float32), "NaN"),
         ):
             resp = client._http.post(
-                "/set_image",
+                routes.NNI_SET_IMAGE,
                 content=pack(bad),
                 headers={"X-Meta": json.dumps({"image_properties": {"spacing": list(spacing)}})},
             )
             assert resp.status_code == 400, resp.text
             assert reason in resp.json()["detail"]
         resp = client._http.post(
-            "/set_image", content=b"not a packed array", headers={"X-Meta": "{}"}
+            routes.NNI_SET_IMAGE, content=b"not a packed array", headers={"X-Meta": "{}"}
         )
         assert resp.status_code == 400
         assert "NNIA" in resp.json()["detail"]

@@ -8,7 +8,7 @@ every click (median, p95), errors (any non-2xx), server memory (RSS sampled ever
 
 Cross-talk check: after every request the server's click lists must equal what this user sent;
 at the end every session's label map is compared with a replay of its surviving clicks through
-a fresh in-process :class:`~fastsam3d.server.annotation.Annotation` (same model).
+a fresh in-process :class:`~fastsam3d.interactive.annotation.Annotation` (same model).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from .. import samples
 from ..data.align import labels_on_grid
 from ..data.io import read_volume
 from ..errors import InputError
+from ..server import routes
 from ..server.encoding import decode_compact
 from ..server.process import serving
+from ..server.routes import fill
 
 
 @dataclass
@@ -88,14 +90,13 @@ def _user(
                 return None
             return r.json() if r.content else {}
 
-        opened = call("POST", "/api/sessions", json={"path": path})
+        opened = call("POST", routes.SESSIONS, json={"path": path})
         opened_all.wait()  # every user has its session: the clock starts
         go.wait()
         stop_at = clock["stop_at"]
         if opened is None:
             return
         log.sid = sid = opened["id"]
-        base = f"/api/sessions/{sid}"
 
         def check(state: dict[str, Any] | None) -> None:
             if state is None:
@@ -113,12 +114,12 @@ def _user(
             # a new object for a new structure (reset the oldest when there are five)
             if len(log.order) >= 5:
                 label = log.order[0]
-                state = call("POST", f"{base}/reset?object={label}")
+                state = call("POST", fill(routes.RESET, {"object": label}, sid=sid))
                 if state is not None:
                     log.clicks[label] = []
-                    call("POST", f"{base}/objects/{label}/activate")
+                    call("POST", fill(routes.ACTIVATE, sid=sid, label=label))
             else:
-                state = call("POST", f"{base}/objects", json={})
+                state = call("POST", fill(routes.OBJECTS, sid=sid), json={})
                 if state is not None:
                     label = state["active"]
                     log.order.append(label)
@@ -135,7 +136,9 @@ def _user(
                 index = (float(point[0]), float(point[1]), float(point[2]))
                 t0 = time.perf_counter()
                 state = call(
-                    "POST", f"{base}/clicks", json={"point": list(index), "positive": positive}
+                    "POST",
+                    fill(routes.CLICKS, sid=sid),
+                    json={"point": list(index), "positive": positive},
                 )
                 if state is not None:
                     log.latencies_ms.append(1e3 * (time.perf_counter() - t0))
@@ -143,12 +146,12 @@ def _user(
                 check(state)
                 if rng.random() < 0.15 and log.clicks[state["active"] if state else label]:
                     active = state["active"] if state else label
-                    undone = call("POST", f"{base}/undo")
+                    undone = call("POST", fill(routes.UNDO, sid=sid))
                     if undone is not None:
                         removed = log.clicks[active].pop()
                     check(undone)
                     if undone is not None and rng.random() < 0.5:
-                        redone = call("POST", f"{base}/redo")
+                        redone = call("POST", fill(routes.REDO, sid=sid))
                         if redone is not None:
                             log.clicks[active].append(removed)
                         check(redone)
@@ -166,9 +169,6 @@ def run_load_test(
 ) -> dict[str, Any]:
     """Start a server, run ``sessions`` users for ``seconds``, stop it; return the report."""
     import httpx
-
-    from ..build import load_model
-    from ..server.annotation import Annotation
 
     if sessions < 1 or seconds <= 0:
         raise InputError(
@@ -217,28 +217,12 @@ def run_load_test(
         labels = {}
         for log in logs:
             if log.sid:
-                r = httpx.get(f"{url}/api/sessions/{log.sid}/labels", timeout=60)
+                r = httpx.get(url + fill(routes.LABELS, sid=log.sid), timeout=60)
                 i, j, k = (int(v) for v in r.headers["x-shape"].split(","))
                 labels[log.sid] = decode_compact(r.content, (i, j, k)).copy()
-        health = httpx.get(f"{url}/api/health", timeout=10).json()
+        health = httpx.get(url + routes.HEALTH, timeout=10).json()
 
-    replayed: dict[str, int] = {}
-    if replay:
-        volume = read_volume(image)
-        net = load_model(model)
-        for log in logs:
-            if not log.sid:
-                continue
-            annotation = Annotation(volume, net, source=image.name, uploaded=False)
-            for label in sorted(log.clicks):
-                obj = annotation.add_object()
-                while obj.label < label:  # keep label values aligned with the server's
-                    annotation.remove(obj.label)
-                    obj = annotation.add_object()
-                for index, positive in log.clicks[label]:
-                    annotation.click(index, positive, "voxel", obj.label)
-            replayed[log.sid] = int(np.count_nonzero(annotation.label_map() != labels[log.sid]))
-
+    replayed = _replay(image, model, logs, labels) if replay else {}
     latencies = np.array([v for log in logs for v in log.latencies_ms])
     rss_values = np.array([v for _, v in rss])
     return {
@@ -269,6 +253,32 @@ def run_load_test(
         "latencies_ms": latencies.round(2).tolist(),
         "rss_mb": [(round(t, 2), round(v, 1)) for t, v in rss],
     }
+
+
+def _replay(
+    image: Path, model: str, logs: list[UserLog], labels: dict[str, np.ndarray]
+) -> dict[str, int]:
+    """Voxels where each session's label map differs from its surviving clicks replayed
+    through a fresh in-process annotation."""
+    from ..build import load_model
+    from ..interactive.annotation import Annotation
+
+    volume = read_volume(image)
+    net = load_model(model)
+    replayed: dict[str, int] = {}
+    for log in logs:
+        if not log.sid:
+            continue
+        annotation = Annotation(volume, net, source=image.name, uploaded=False)
+        for label in sorted(log.clicks):
+            obj = annotation.add_object()
+            while obj.label < label:  # keep label values aligned with the server's
+                annotation.remove(obj.label)
+                obj = annotation.add_object()
+            for index, positive in log.clicks[label]:
+                annotation.click(index, positive, "voxel", obj.label)
+        replayed[log.sid] = int(np.count_nonzero(annotation.label_map() != labels[log.sid]))
+    return replayed
 
 
 def load_markdown(report: dict[str, Any]) -> str:

@@ -11,11 +11,12 @@ and how ``fastsam3d-lite`` is trained); the first prediction in a region sends a
 The default, ``"auto"``, is what the model's config names (:func:`model_prompting`).
 
 Regions: the model sees one ``128^3`` ROI (1.5 mm voxels) at a time. The first click places a
-ROI around itself; the image embedding of a ROI is computed once and cached; clicks inside the
-ROI only run the prompt encoder and decoder; a click outside starts a new ROI
-(``MaskResult.new_region``). The mask lives on the original grid: each prediction recomputes the
-voxels its ROI covers and leaves the rest as they were, so objects larger than one ROI can be
-built from several regions.
+ROI around itself; the image embedding of a ROI is computed once and cached (in an
+:class:`~fastsam3d.interactive.cache.EmbeddingCache`, which sessions on the same image may
+share); clicks inside the ROI only run the prompt encoder and decoder; a click outside starts a
+new ROI (``MaskResult.new_region``). The mask lives on the original grid: each prediction
+recomputes the voxels its ROI covers and leaves the rest as they were, so objects larger than
+one ROI can be built from several regions.
 
 One loaded model can serve many sessions: a session never changes the model, seeds, thread
 counts or global flags; it runs under ``torch.inference_mode`` on the model's device.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +36,7 @@ import torch
 from ..data.frame import (
     FrameSpec,
     Roi,
+    canonical_axes,
     normalize_roi,
     resample_to_roi,
     roi_around,
@@ -43,6 +44,7 @@ from ..data.frame import (
 )
 from ..data.volume import Volume, WorldConvention, check_voxels
 from ..modeling.sam3d import Sam3D
+from .cache import EmbeddingCache
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,15 @@ class Session:
         frame: model-frame parameters; default: the model's input size at 1.5 mm, z-normalised.
         prompting: ``"newest"`` or ``"all"`` clicks of the region; ``"auto"`` (default): the
             model's own (:func:`model_prompting`).
-        cache_size: number of ROI embeddings kept.
+        cache_size: number of ROI embeddings kept (a cache of the session's own).
+        cache: share this cache with other sessions instead (e.g. the objects of one scan: a
+            region one of them encoded costs the others a decode only); ``cache_size`` is then
+            the cache's own.
+        region_grid_mm: place a new region on the lattice point (this pitch in mm, along the
+            region's axes) nearest the clicks instead of centring it on them: nearby first
+            clicks of sessions sharing a cache then fall in the same region and reuse its
+            embedding, with the clicks up to half a pitch off the region's centre. ``None``
+            (default): centred on the clicks, as upstream places them.
         max_history: predictions that can be undone (``None``: all). Older clicks stay in
             :attr:`prompts` but can no longer be taken back; each step keeps the ROI's
             low-resolution logits and a bit-packed copy of the mask block it changed.
@@ -134,6 +144,8 @@ class Session:
         cache_size: int = 4,
         runtime: str = "auto",
         max_history: int | None = None,
+        cache: EmbeddingCache | None = None,
+        region_grid_mm: float | None = None,
     ) -> None:
         if isinstance(model, Sam3D) and runtime != "torch":
             from ..runtime.select import prepare
@@ -150,12 +162,16 @@ class Session:
         self.prompting: Literal["newest", "all"] = (
             model_prompting(model) if prompting == "auto" else prompting
         )
-        self.cache_size = max(1, cache_size)
+        self._shared_cache = cache is not None
+        self._cache = cache if cache is not None else EmbeddingCache(max(1, cache_size))
+        self.cache_size = self._cache.size
         if max_history is not None and max_history < 1:
             raise ValueError(f"max_history must be at least 1 or None, got {max_history}")
         self.max_history = max_history
+        if region_grid_mm is not None and not region_grid_mm > 0:
+            raise ValueError(f"region_grid_mm must be positive or None, got {region_grid_mm}")
+        self.region_grid_mm = region_grid_mm
         self._volume: Volume | None = None
-        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._clear_prompts()
 
     # -- image ------------------------------------------------------------------------------
@@ -167,7 +183,8 @@ class Session:
         spacing: tuple[float, float, float] | None = None,
         affine: np.ndarray | None = None,
     ) -> None:
-        """Use a new image; clears prompts, mask and cached embeddings.
+        """Use a new image; clears prompts, mask and cached embeddings (of a cache of the
+        session's own; a shared cache keeps other images' entries until they age out).
 
         Args:
             image: a :class:`Volume`, or an ``(I, J, K)`` array with ``spacing`` (mm, default 1)
@@ -181,7 +198,8 @@ class Session:
             volume = Volume.from_array(np.asarray(image), spacing or (1.0, 1.0, 1.0), affine)
         check_voxels(volume)
         self._volume = volume
-        self._cache.clear()
+        if not self._shared_cache:
+            self._cache.clear()
         self._clear_prompts()
 
     @property
@@ -208,6 +226,11 @@ class Session:
         view = self._mask.view()
         view.flags.writeable = False
         return view
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        """Where this session keeps ROI embeddings (its own, or one it shares)."""
+        return self._cache
 
     @property
     def roi(self) -> Roi | None:
@@ -343,36 +366,53 @@ class Session:
         )
 
     def _region_for(self, points: np.ndarray) -> tuple[Roi, bool]:
-        """Keep the current ROI if it holds every point, else a new ROI around their centre."""
+        """Keep the current ROI if it holds every point, else a new ROI around their centre
+        (on the lattice with ``region_grid_mm``, when that ROI holds them all)."""
         volume = self.volume
-        current = self._roi
-        if (
-            current is not None
-            and current.contains(_apply(current.roi_from_volume(volume), points)).all()
-        ):
-            return current, False
-        roi = roi_around(volume, points.mean(axis=0), self.frame)
-        if not roi.contains(_apply(roi.roi_from_volume(volume), points)).all():
+
+        def holds(roi: Roi | None) -> bool:
+            return roi is not None and bool(
+                roi.contains(_apply(roi.roi_from_volume(volume), points)).all()
+            )
+
+        if holds(self._roi):
+            assert self._roi is not None
+            return self._roi, False
+        centre = points.mean(axis=0)
+        if self.region_grid_mm is not None:
+            roi = roi_around(volume, self._on_grid(centre, self.region_grid_mm), self.frame)
+            if holds(roi):
+                return roi, True
+        roi = roi_around(volume, centre, self.frame)
+        if not holds(roi):
             raise ValueError(
                 "the pending clicks are too far apart for one region of interest "
                 f"({self.frame.size * self.frame.spacing:.0f} mm); predict between them"
             )
         return roi, True
 
+    def _on_grid(self, index: np.ndarray, pitch: float) -> np.ndarray:
+        """The voxel index of the lattice point nearest ``index`` (a lattice of ``pitch`` mm
+        along the ROI axes, through the world origin)."""
+        volume = self.volume
+        axes = canonical_axes(volume.affine)
+        along = volume.index_to_world(index[None])[0] @ axes
+        snapped: np.ndarray = volume.world_to_index(
+            (axes @ (np.round(along / pitch) * pitch))[None]
+        )[0]
+        return snapped
+
     def _embedding(self, roi: Roi) -> tuple[torch.Tensor, dict[str, float]]:
         """Cached ROI embedding, and the time spent preprocessing and encoding (0 if cached)."""
-        key = roi.key()
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key], {"preprocess": 0.0, "encode": 0.0}
+        cached = self._cache.get(self.volume, self.model, self.frame, roi)
+        if cached is not None:
+            return cached, {"preprocess": 0.0, "encode": 0.0}
         t0 = time.perf_counter()
         image = normalize_roi(resample_to_roi(self.volume, roi), self.frame.normalization)
         t1 = time.perf_counter()
         with torch.inference_mode():
             embedding = self.model.encode(image[None, None].to(self.model.device))
-        self._cache[key] = embedding
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._cache.put(self.volume, self.model, self.frame, roi, embedding)
         t2 = time.perf_counter()
         return embedding, {"preprocess": 1e3 * (t1 - t0), "encode": 1e3 * (t2 - t1)}
 

@@ -1,6 +1,6 @@
 """``fastsam3d serve``: a local HTTP API and NiiVue web page for click-to-segment sessions."""
 
-from .annotation import AnnotatedObject, Annotation, AnnotationError
+from ..interactive.annotation import AnnotatedObject, Annotation, AnnotationError
 from .app import ServerConfig, create_app
 from .store import Limits, SessionStore
 

@@ -7,7 +7,7 @@ changed box of the target buffer (``X-Meta: {"ran_prediction", "bbox"}`` and a p
 :mod:`fastsam3d.server.nnwire`).
 
 Mapping onto this server: a lease owns at most one :class:`~fastsam3d.server.store` session (an
-:class:`~fastsam3d.server.annotation.Annotation` with one object, label 1), created by
+:class:`~fastsam3d.interactive.annotation.Annotation` with one object, label 1), created by
 ``set_image``; the store's limits apply (a lease counts as a session from its claim on; idle
 leases and sessions expire after the same idle time), so do the bearer token and autosave.
 
@@ -30,15 +30,18 @@ import logging
 import math
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from ..data.volume import Volume
-from .annotation import Annotation
+from ..interactive.annotation import Annotation
+from . import routes
+from .deps import AUTH
 from .nnwire import WireError, pack, unpack
 from .store import SessionLimitError, SessionStore, UnknownSession
 
@@ -49,6 +52,7 @@ LEASE_HEADER = "X-Lease-Token"
 LIVENESS_SECONDS = 60.0
 """A lease whose client sent nothing (not even a heartbeat) this long is released."""
 SESSION_VERSION = "fastsam3d-points-1"
+T = TypeVar("T")
 
 
 @dataclass
@@ -111,7 +115,7 @@ class LeaseTable:
     def release(self, lease: Lease) -> None:
         with self._lock:
             self._leases.pop(lease.token, None)
-        self._close_session(lease)
+        self.close_session(lease)
 
     def expire(self) -> None:
         """Drop leases idle longer than the store's idle time, or silent past liveness."""
@@ -127,52 +131,53 @@ class LeaseTable:
                 del self._leases[lease.token]
         for lease in old:
             log.info("nnInteractive lease expired")
-            self._close_session(lease)
+            self.close_session(lease)
 
     def remaining(self, lease: Lease) -> float:
         return max(0.0, self.store.limits.idle_seconds - (self.store.clock() - lease.touched))
 
-    def _close_session(self, lease: Lease) -> None:
+    def close_session(self, lease: Lease) -> None:
+        """Close the lease's session, if it has one."""
         if lease.sid is not None:
             with contextlib.suppress(UnknownSession):
                 self.store.close(lease.sid)
             lease.sid = None
 
+    # -- requests ---------------------------------------------------------------------------
 
-def add_nninteractive_routes(app: FastAPI, store: SessionStore, auth: list[Any]) -> LeaseTable:
-    """Add the protocol's endpoints to ``app`` (``auth``: the server's token dependency)."""
-    leases = LeaseTable(store)
-    app.state.leases = leases
+    def of(self, request: Request, touch: bool = True) -> Lease:
+        """The lease named by the request's ``X-Lease-Token`` header."""
+        return self.get(request.headers.get(LEASE_HEADER), touch=touch)
 
-    def lease_of(request: Request, touch: bool = True) -> Lease:
-        return leases.get(request.headers.get(LEASE_HEADER), touch=touch)
-
-    def annotation_of(lease: Lease) -> Annotation:
+    def annotation(self, lease: Lease) -> Annotation:
+        """The lease's session (409 before ``set_image``, 410 once it expired)."""
         if lease.sid is None:
             raise HTTPException(409, "no image yet: call set_image before interactions")
         try:
-            return store.get(lease.sid)
+            return self.store.get(lease.sid)
         except UnknownSession:
-            leases.release(lease)
+            self.release(lease)
             raise HTTPException(410, "the session expired after idling; claim again") from None
 
-    def json_body(raw: bytes, where: str) -> dict[str, Any]:
-        try:
-            body = json.loads(raw or b"{}")
-        except json.JSONDecodeError as err:
-            raise HTTPException(400, f"{where}: body is not JSON ({err})") from None
-        if not isinstance(body, dict):
-            raise HTTPException(400, f"{where}: body must be a JSON object")
-        return body
+    def locked(self, lease: Lease, work: Callable[[Annotation], T]) -> T:
+        """Run ``work(annotation)`` under the lease's and the annotation's locks."""
+        with lease.lock:
+            annotation = self.annotation(lease)
+            with annotation.lock:
+                try:
+                    return work(annotation)
+                except HTTPException:
+                    raise
+                except ValueError as err:
+                    raise HTTPException(400, str(err)) from err
+                finally:
+                    annotation.touched = self.store.clock()
 
-    def meta_of(request: Request, where: str) -> dict[str, Any]:
-        return json_body(request.headers.get(META_HEADER, "{}").encode(), f"{where} {META_HEADER}")
-
-    def diff_response(lease: Lease, annotation: Annotation, ran: bool) -> Response:
+    def diff(self, lease: Lease, annotation: Annotation, ran: bool) -> Response:
         """The changed box of the label map since the lease's last answer."""
         box = annotation.changed_since(lease.revision) if ran else None
         lease.revision = annotation.revision
-        store.autosave(lease.sid or "", annotation)
+        self.store.autosave(lease.sid or "", annotation)
         meta: dict[str, Any] = {"ran_prediction": ran, "bbox": None}
         body = b""
         if box is not None:
@@ -182,229 +187,252 @@ def add_nninteractive_routes(app: FastAPI, store: SessionStore, auth: list[Any])
             body, media_type="application/octet-stream", headers={META_HEADER: json.dumps(meta)}
         )
 
-    def locked(lease: Lease, work: Any) -> Any:
-        """Run ``work(annotation)`` under the lease's and the annotation's locks."""
-        with lease.lock:
-            annotation = annotation_of(lease)
-            with annotation.lock:
-                try:
-                    return work(annotation)
-                except HTTPException:
-                    raise
-                except ValueError as err:
-                    raise HTTPException(400, str(err)) from err
-                finally:
-                    annotation.touched = store.clock()
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+def add_nninteractive_routes(app: FastAPI, store: SessionStore) -> LeaseTable:
+    """Serve the protocol on ``app`` over ``store`` (``app.state.leases``: the leases)."""
+    leases = LeaseTable(store)
+    app.state.leases = leases
+    app.include_router(router)
+    return leases
 
-    @app.post("/claim", dependencies=auth, tags=["nnInteractive"])
-    def claim() -> dict[str, Any]:
-        lease = leases.claim()
-        return {
-            "lease_token": lease.token,
-            "idle_timeout_seconds": store.limits.idle_seconds,
-            "liveness_timeout_seconds": LIVENESS_SECONDS,
-        }
 
-    @app.post("/release", dependencies=auth, tags=["nnInteractive"])
-    def release(request: Request) -> dict[str, bool]:
-        leases.release(lease_of(request))
-        return {"released": True}
+async def lease_table(request: Request) -> LeaseTable:
+    """The leases of the app serving ``request``."""
+    leases: LeaseTable = request.app.state.leases
+    return leases
 
-    @app.post("/heartbeat", dependencies=auth, tags=["nnInteractive"])
-    def heartbeat(request: Request) -> dict[str, float]:
-        lease = lease_of(request, touch=False)
-        return {"remaining_seconds": leases.remaining(lease)}
 
-    @app.get("/lease_status", dependencies=auth, tags=["nnInteractive"])
-    def lease_status(request: Request) -> dict[str, Any]:
-        lease = lease_of(request, touch=False)
-        return {
-            "remaining_seconds": leases.remaining(lease),
-            "idle_timeout_seconds": store.limits.idle_seconds,
-            "session_id": lease.sid,  # the same session in fastsam3d's own API
-        }
+Leases = Annotated[LeaseTable, Depends(lease_table)]
 
-    @app.get("/capabilities", dependencies=auth, tags=["nnInteractive"])
-    def capabilities() -> dict[str, Any]:
-        return {
-            # the key names napari-nninteractive reads (it enables its tools from them)
-            "supported_interactions": {
-                "points": True,
-                "bbox2d": False,
-                "bbox3d": False,
-                "scribble": False,
-                "lasso": False,
-                "initial_seg": True,
-            },
-            "channel_mapping": {},
-            "num_interaction_channels": 0,
-            "supports_initial_label": True,
-            "supports_zero_shot_label_refinement": False,
-            # scribbles are not supported; napari-nninteractive still reads a per-axis width
-            "preferred_scribble_thickness": [1, 1, 1],
-            "interaction_decay": 1.0,
-            "inference_session_version": SESSION_VERSION,
-            "license": (
-                "fastsam3d-lite weights: Apache-2.0 (model card); published SAM-Med3D / "
-                "FastSAM3D weights: their authors' terms"
-            ),
-            "supports_undo": True,
-            "do_autozoom": False,
-        }
+router = APIRouter(dependencies=AUTH, tags=["nnInteractive"])
 
-    @app.post("/set_image", dependencies=auth, tags=["nnInteractive"])
-    async def set_image(request: Request) -> dict[str, Any]:
-        lease = lease_of(request)
-        meta = meta_of(request, "set_image")
-        raw = await request.body()
-        limit = store.limits.max_upload_bytes
-        if len(raw) > limit:
-            raise HTTPException(413, f"set_image: body of {len(raw)} bytes exceeds {limit}")
-        return await run_in_threadpool(_open_image, lease, raw, meta)
 
-    def _open_image(lease: Lease, raw: bytes, meta: dict[str, Any]) -> dict[str, Any]:
-        max_bytes = 8 * store.limits.max_voxels
+@router.post(routes.NNI_CLAIM)
+def claim(leases: Leases) -> dict[str, Any]:
+    lease = leases.claim()
+    return {
+        "lease_token": lease.token,
+        "idle_timeout_seconds": leases.store.limits.idle_seconds,
+        "liveness_timeout_seconds": LIVENESS_SECONDS,
+    }
+
+
+@router.post(routes.NNI_RELEASE)
+def release(request: Request, leases: Leases) -> dict[str, bool]:
+    leases.release(leases.of(request))
+    return {"released": True}
+
+
+@router.post(routes.NNI_HEARTBEAT)
+def heartbeat(request: Request, leases: Leases) -> dict[str, float]:
+    lease = leases.of(request, touch=False)
+    return {"remaining_seconds": leases.remaining(lease)}
+
+
+@router.get(routes.NNI_LEASE_STATUS)
+def lease_status(request: Request, leases: Leases) -> dict[str, Any]:
+    lease = leases.of(request, touch=False)
+    return {
+        "remaining_seconds": leases.remaining(lease),
+        "idle_timeout_seconds": leases.store.limits.idle_seconds,
+        "session_id": lease.sid,  # the same session in fastsam3d's own API
+    }
+
+
+@router.get(routes.NNI_CAPABILITIES)
+def capabilities() -> dict[str, Any]:
+    return {
+        # the key names napari-nninteractive reads (it enables its tools from them)
+        "supported_interactions": {
+            "points": True,
+            "bbox2d": False,
+            "bbox3d": False,
+            "scribble": False,
+            "lasso": False,
+            "initial_seg": True,
+        },
+        "channel_mapping": {},
+        "num_interaction_channels": 0,
+        "supports_initial_label": True,
+        "supports_zero_shot_label_refinement": False,
+        # scribbles are not supported; napari-nninteractive still reads a per-axis width
+        "preferred_scribble_thickness": [1, 1, 1],
+        "interaction_decay": 1.0,
+        "inference_session_version": SESSION_VERSION,
+        "license": (
+            "fastsam3d-lite weights: Apache-2.0 (model card); published SAM-Med3D / "
+            "FastSAM3D weights: their authors' terms"
+        ),
+        "supports_undo": True,
+        "do_autozoom": False,
+    }
+
+
+@router.post(routes.NNI_SET_IMAGE)
+async def set_image(request: Request, leases: Leases) -> dict[str, Any]:
+    lease = leases.of(request)
+    meta = _json_body(request.headers.get(META_HEADER, "{}").encode(), f"set_image {META_HEADER}")
+    raw = await request.body()
+    limit = leases.store.limits.max_upload_bytes
+    if len(raw) > limit:
+        raise HTTPException(413, f"set_image: body of {len(raw)} bytes exceeds {limit}")
+    return await run_in_threadpool(_open_image, leases, lease, raw, meta)
+
+
+def _open_image(
+    leases: LeaseTable, lease: Lease, raw: bytes, meta: dict[str, Any]
+) -> dict[str, Any]:
+    store = leases.store
+    try:
+        image = unpack(raw, 8 * store.limits.max_voxels)
+    except WireError as err:
+        raise HTTPException(400, f"set_image: {err}") from None
+    volume = _volume(image, meta.get("image_properties") or {})
+    voxels = int(np.prod(volume.shape))
+    if voxels > store.limits.max_voxels:
+        raise HTTPException(
+            413, f"set_image: {voxels} voxels exceeds the limit {store.limits.max_voxels}"
+        )
+    with lease.lock:
+        leases.close_session(lease)
+        lease.sid = ""  # opening: the lease's reserved place becomes the session's
         try:
-            image = unpack(raw, max_bytes)
-        except WireError as err:
-            raise HTTPException(400, f"set_image: {err}") from None
-        volume = _volume(image, meta.get("image_properties") or {})
-        voxels = int(np.prod(volume.shape))
-        if voxels > store.limits.max_voxels:
+            sid = store.open(volume, "nnInteractive client image", uploaded=True)
+        except SessionLimitError as err:
+            lease.sid = None
+            raise HTTPException(503, str(err)) from None
+        store.get(sid).add_object("object")
+        lease.sid, lease.buffer_shape, lease.revision = sid, None, 0
+    # session_id: the same session in fastsam3d's own API (/api/sessions/{id}/...)
+    return {"original_image_shape": list(image.shape), "session_id": sid}
+
+
+@router.post(routes.NNI_SET_TARGET_BUFFER)
+async def set_target_buffer(request: Request, leases: Leases) -> dict[str, Any]:
+    lease = leases.of(request)
+    shape = _json_body(await request.body(), "set_target_buffer").get("shape")
+
+    def work(annotation: Annotation) -> dict[str, Any]:
+        expected = list(annotation.volume.shape)
+        if not isinstance(shape, list) or list(shape) != expected:
             raise HTTPException(
-                413, f"set_image: {voxels} voxels exceeds the limit {store.limits.max_voxels}"
+                400, f"set_target_buffer: shape {shape} must equal the image's {expected}"
             )
-        with lease.lock:
-            leases._close_session(lease)
-            lease.sid = ""  # opening: the lease's reserved place becomes the session's
-            try:
-                sid = store.open(volume, "nnInteractive client image", uploaded=True)
-            except SessionLimitError as err:
-                lease.sid = None
-                raise HTTPException(503, str(err)) from None
-            store.get(sid).add_object("object")
-            lease.sid, lease.buffer_shape, lease.revision = sid, None, 0
-        # session_id: the same session in fastsam3d's own API (/api/sessions/{id}/...)
-        return {"original_image_shape": list(image.shape), "session_id": sid}
+        lease.buffer_shape = tuple(shape)
+        # a new buffer starts empty on the client: the next answer sends all that is set
+        lease.revision = -1 if annotation.labelled_voxels else annotation.revision
+        return {"ok": True}
 
-    @app.post("/set_target_buffer", dependencies=auth, tags=["nnInteractive"])
-    async def set_target_buffer(request: Request) -> dict[str, Any]:
-        lease = lease_of(request)
-        body = json_body(await request.body(), "set_target_buffer")
-        shape = body.get("shape")
+    return leases.locked(lease, work)
 
-        def work(annotation: Annotation) -> dict[str, Any]:
-            expected = list(annotation.volume.shape)
-            if not isinstance(shape, list) or list(shape) != expected:
-                raise HTTPException(
-                    400, f"set_target_buffer: shape {shape} must equal the image's {expected}"
-                )
-            lease.buffer_shape = tuple(shape)
-            # a new buffer starts empty on the client: the next answer sends all that is set
-            lease.revision = -1 if annotation.labelled_voxels else annotation.revision
-            return {"ok": True}
 
-        return locked(lease, work)
+@router.post(routes.NNI_SET_DO_AUTOZOOM)
+async def set_do_autozoom(request: Request, leases: Leases) -> dict[str, Any]:
+    lease = leases.of(request)
+    lease.autozoom = bool(_json_body(await request.body(), "set_do_autozoom").get("do_autozoom"))
+    return {"ok": True, "note": "fastsam3d picks its own 128^3 region per click"}
 
-    @app.post("/set_do_autozoom", dependencies=auth, tags=["nnInteractive"])
-    async def set_do_autozoom(request: Request) -> dict[str, Any]:
-        lease = lease_of(request)
-        lease.autozoom = bool(json_body(await request.body(), "set_do_autozoom").get("do_autozoom"))
-        return {"ok": True, "note": "fastsam3d picks its own 128^3 region per click"}
 
-    @app.post("/add_point_interaction", dependencies=auth, tags=["nnInteractive"])
-    async def add_point(request: Request) -> Response:
-        lease = lease_of(request)
-        body = json_body(await request.body(), "add_point_interaction")
-        point = _point(body.get("coordinates"), "add_point_interaction")
-        positive = bool(body.get("include_interaction", True))
-        run = bool(body.get("run_prediction", True))
+@router.post(routes.NNI_ADD_POINT)
+async def add_point(request: Request, leases: Leases) -> Response:
+    lease = leases.of(request)
+    body = _json_body(await request.body(), "add_point_interaction")
+    point = _point(body.get("coordinates"), "add_point_interaction")
+    positive = bool(body.get("include_interaction", True))
+    run = bool(body.get("run_prediction", True))
 
-        def work(annotation: Annotation) -> Response:
-            _inside(point, annotation.volume.shape)
-            outcome = annotation.click(point, positive, "voxel", 1, predict=run)
-            return diff_response(lease, annotation, outcome is not None)
+    def work(annotation: Annotation) -> Response:
+        _inside(point, annotation.volume.shape)
+        outcome = annotation.click(point, positive, "voxel", 1, predict=run)
+        return leases.diff(lease, annotation, outcome is not None)
 
-        return await run_in_threadpool(locked, lease, work)
+    return await run_in_threadpool(leases.locked, lease, work)
 
-    @app.post("/predict", dependencies=auth, tags=["nnInteractive"])
-    async def predict(request: Request) -> Response:
-        lease = lease_of(request)
 
-        def work(annotation: Annotation) -> Response:
-            outcome = annotation.predict(1)
-            return diff_response(lease, annotation, outcome is not None)
+@router.post(routes.NNI_PREDICT)
+async def predict(request: Request, leases: Leases) -> Response:
+    lease = leases.of(request)
 
-        return await run_in_threadpool(locked, lease, work)
+    def work(annotation: Annotation) -> Response:
+        outcome = annotation.predict(1)
+        return leases.diff(lease, annotation, outcome is not None)
 
-    @app.post("/undo", dependencies=auth, tags=["nnInteractive"])
-    async def undo(request: Request) -> Response:
-        lease = lease_of(request)
+    return await run_in_threadpool(leases.locked, lease, work)
 
-        def work(annotation: Annotation) -> Response:
-            obj = annotation.get(1)
-            if not obj.session.prompts:
-                return diff_response(lease, annotation, False)
-            annotation.undo(1)
-            return diff_response(lease, annotation, True)
 
-        return await run_in_threadpool(locked, lease, work)
+@router.post(routes.NNI_UNDO)
+async def undo(request: Request, leases: Leases) -> Response:
+    lease = leases.of(request)
 
-    @app.post("/reset_interactions", dependencies=auth, tags=["nnInteractive"])
-    async def reset(request: Request) -> dict[str, Any]:
-        lease = lease_of(request)
+    def work(annotation: Annotation) -> Response:
+        obj = annotation.get(1)
+        if not obj.session.prompts:
+            return leases.diff(lease, annotation, False)
+        annotation.undo(1)
+        return leases.diff(lease, annotation, True)
 
-        def work(annotation: Annotation) -> dict[str, Any]:
-            annotation.reset(1)
-            lease.revision = annotation.revision  # the client zeroed its own buffer
-            return {"ok": True}
+    return await run_in_threadpool(leases.locked, lease, work)
 
-        return await run_in_threadpool(locked, lease, work)
 
-    @app.post("/add_initial_seg_interaction", dependencies=auth, tags=["nnInteractive"])
-    async def initial_seg(request: Request) -> Response:
-        lease = lease_of(request)
-        raw = await request.body()
+@router.post(routes.NNI_RESET)
+async def reset(request: Request, leases: Leases) -> dict[str, Any]:
+    lease = leases.of(request)
 
-        def work(annotation: Annotation) -> Response:
-            try:
-                mask = unpack(raw, 8 * store.limits.max_voxels)
-            except WireError as err:
-                raise HTTPException(400, f"add_initial_seg_interaction: {err}") from None
-            if mask.shape != annotation.volume.shape:
-                raise HTTPException(
-                    400,
-                    f"add_initial_seg_interaction: shape {list(mask.shape)} must equal the "
-                    f"image's {list(annotation.volume.shape)}",
-                )
-            annotation.set_mask(1, mask > 0)
-            lease.revision = annotation.revision  # the client wrote the mask itself
-            return diff_response(lease, annotation, False)
+    def work(annotation: Annotation) -> dict[str, Any]:
+        annotation.reset(1)
+        lease.revision = annotation.revision  # the client zeroed its own buffer
+        return {"ok": True}
 
-        return await run_in_threadpool(locked, lease, work)
+    return await run_in_threadpool(leases.locked, lease, work)
 
-    def unsupported(kind: str) -> Any:
-        def endpoint(request: Request) -> None:
-            lease_of(request)
+
+@router.post(routes.NNI_INITIAL_SEG)
+async def initial_seg(request: Request, leases: Leases) -> Response:
+    lease = leases.of(request)
+    raw = await request.body()
+
+    def work(annotation: Annotation) -> Response:
+        try:
+            mask = unpack(raw, 8 * leases.store.limits.max_voxels)
+        except WireError as err:
+            raise HTTPException(400, f"add_initial_seg_interaction: {err}") from None
+        if mask.shape != annotation.volume.shape:
             raise HTTPException(
                 400,
-                f"{kind} interactions are not supported by fastsam3d (its models take points); "
-                "see /capabilities",
+                f"add_initial_seg_interaction: shape {list(mask.shape)} must equal the "
+                f"image's {list(annotation.volume.shape)}",
             )
+        annotation.set_mask(1, mask > 0)
+        lease.revision = annotation.revision  # the client wrote the mask itself
+        return leases.diff(lease, annotation, False)
 
-        return endpoint
+    return await run_in_threadpool(leases.locked, lease, work)
 
-    for path, kind in (
-        ("/add_bbox_interaction", "bbox"),
-        ("/add_scribble_interaction", "scribble"),
-        ("/add_lasso_interaction", "lasso"),
-    ):
-        app.post(path, dependencies=auth, tags=["nnInteractive"])(unsupported(kind))
-    return leases
+
+def _unsupported(kind: str) -> Any:
+    def endpoint(request: Request, leases: Leases) -> None:
+        leases.of(request)
+        raise HTTPException(
+            400,
+            f"{kind} interactions are not supported by fastsam3d (its models take points); "
+            "see /capabilities",
+        )
+
+    return endpoint
+
+
+for _kind, _path in routes.NNI_UNSUPPORTED.items():
+    router.post(_path)(_unsupported(_kind))
+
+
+def _json_body(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        body = json.loads(raw or b"{}")
+    except json.JSONDecodeError as err:
+        raise HTTPException(400, f"{where}: body is not JSON ({err})") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, f"{where}: body must be a JSON object")
+    return body
 
 
 def _volume(image: np.ndarray, properties: dict[str, Any]) -> Volume:

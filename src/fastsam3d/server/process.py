@@ -11,6 +11,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .routes import HEALTHZ
+
 
 class ServerStartError(RuntimeError):
     """The server exited or did not answer ``/healthz`` in time."""
@@ -54,7 +56,7 @@ def serving(
             deadline = time.monotonic() + timeout
             while True:
                 try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    if httpx.get(url + HEALTHZ, timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass

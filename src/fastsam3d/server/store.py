@@ -1,10 +1,10 @@
 """The server's sessions: creation under limits, lookup, idle expiry, autosave for recovery.
 
-Each session is an :class:`~fastsam3d.server.annotation.Annotation` behind an unguessable id.
-Sessions never share mutable state: each has its own image, objects, histories and lock; only
-the read-only model is shared. After every change the session's label map and a JSON
-description are written (atomically, by one background thread, newest revision wins) to
-``<recovery>/<id>/labels.nii.gz`` and ``session.json``, so a server restart loses nothing.
+Each session is an :class:`~fastsam3d.interactive.annotation.Annotation` behind an unguessable
+id. Sessions never share mutable state: each has its own image, objects, histories, embedding
+cache and lock; only the read-only model is shared. After every change the session's label map
+and a JSON description are written (atomically, by one background thread, newest revision wins)
+to ``<recovery>/<id>/labels.nii.gz`` and ``session.json``, so a server restart loses nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar
 from ..data.io import write_label_map
 from ..data.volume import Volume
 from ..files import atomic_output
-from .annotation import Annotation
+from ..interactive.annotation import Annotation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,6 +71,9 @@ class SessionStore:
         model: prepared model shared (read-only) by every session.
         limits: see :class:`Limits`.
         recovery_dir: where autosaves go (``None``: no autosave).
+        prompting: how the objects' sessions prompt the model (``"auto"``: the model's way).
+        region_grid_mm: new regions on a lattice of this pitch, so objects near each other
+            share region embeddings (``None``: regions centred on the clicks, as before).
         clock: monotonic seconds (injectable for tests of idle expiry).
     """
 
@@ -81,12 +84,14 @@ class SessionStore:
         recovery_dir: Path | None,
         *,
         prompting: str = "auto",
+        region_grid_mm: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
         self.limits = limits
         self.recovery_dir = recovery_dir
         self.prompting = prompting
+        self.region_grid_mm = region_grid_mm
         self.clock = clock
         self._sessions: dict[str, Annotation] = {}
         self.reserved: Callable[[], int] = lambda: 0
@@ -139,6 +144,7 @@ class SessionStore:
                 prompting=_prompting(self.prompting),
                 history=self.limits.history,
                 run=self.run_model,
+                region_grid_mm=self.region_grid_mm,
             )
             annotation.touched = self.clock()
             self._sessions[sid] = annotation

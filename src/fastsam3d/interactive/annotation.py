@@ -1,13 +1,15 @@
 """Several objects segmented by clicks in one volume: what one server session holds.
 
 An :class:`Annotation` owns one image and a list of :class:`AnnotatedObject` s. Each object has a
-label value (1..255), a name, a colour and its own :class:`~fastsam3d.interactive.Session`, so
-each keeps its own click history (undo) and its own redo stack. The label map puts the objects
-together in creation order (a later object wins where two overlap).
+label value (1..255), a name, a colour and its own :class:`~fastsam3d.interactive.session.Session`,
+so each keeps its own click history (undo) and its own redo stack. The sessions share one
+:class:`~fastsam3d.interactive.cache.EmbeddingCache`: a region encoded for one object costs the
+others a decode only. The label map puts the objects together in creation order (a later object
+wins where two overlap).
 
 Coordinates: clicks are voxel indices ``(i, j, k)`` of the image array, or world millimetres
-in RAS or LPS. Not thread-safe by itself: the server holds :attr:`Annotation.lock` around every
-call.
+in RAS or LPS. Not thread-safe by itself: callers (the server) hold :attr:`Annotation.lock`
+around every call.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..data.volume import Volume, WorldConvention, orientation_codes
-from ..interactive.session import Box3, Click, Session
+from .cache import EmbeddingCache
+from .session import Box3, Click, Session
 
 PointFrame = Literal["voxel", "ras", "lps"]
 MAX_LABEL = 255
@@ -48,7 +51,8 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 class AnnotationError(ValueError):
     """A request that does not fit the annotation's state (nothing to undo, too many objects).
 
-    ``status`` is the HTTP status the server answers with."""
+    ``status``: the HTTP status a server answers with (409 conflict, 404 unknown object, 422
+    invalid value)."""
 
     status = 409
 
@@ -115,6 +119,11 @@ class Annotation:
         prompting: how each object's :class:`Session` prompts the model (``"auto"``: as the
             model was trained).
         history: clicks per object that can be undone (bounds memory).
+        cache_size: region embeddings kept for all objects together (an embedding of the
+            bundled model is about 3 MB).
+        region_grid_mm: new regions on a lattice of this pitch (see
+            :class:`~fastsam3d.interactive.session.Session`): nearby objects then share more
+            embeddings; ``None`` (default): regions centred on the clicks.
         run: runs each model call (the server passes its model worker threads: a bound on
             parallel model work, and few threads holding the large temporary buffers).
     """
@@ -129,6 +138,8 @@ class Annotation:
         prompting: Literal["newest", "all", "auto"] = "auto",
         history: int = 50,
         run: Callable[[Callable[[], Any]], Any] | None = None,
+        cache_size: int = 8,
+        region_grid_mm: float | None = None,
     ) -> None:
         self.volume = volume
         self.model = model
@@ -137,6 +148,9 @@ class Annotation:
         self.prompting: Literal["newest", "all", "auto"] = prompting
         self.history = history
         self.run: Callable[[Callable[[], Any]], Any] = run or (lambda work: work())
+        self.region_grid_mm = region_grid_mm
+        self.embeddings = EmbeddingCache(cache_size)
+        """Region embeddings of the image, shared by every object's session."""
         self.objects: list[AnnotatedObject] = []
         self.active: int | None = None
         self.lock = threading.Lock()
@@ -147,7 +161,7 @@ class Annotation:
         self.labelled_voxels = 0  # non-zero voxels of the label map, kept with it
         # (revision, box of changed voxels or None) of the recent changes, oldest first
         self._changes: deque[tuple[int, Box3 | None]] = deque([(0, None)], maxlen=256)
-        self.display_nifti: bytes | None = None  # the image as NIfTI for viewers (server cache)
+        self.display_nifti: bytes | None = None  # the image as NIfTI for viewers (a server's)
 
     # -- objects ----------------------------------------------------------------------------
 
@@ -164,7 +178,12 @@ class Annotation:
         name = (name or "").strip() or f"object {label}"
         _check_name(name)
         session = Session(
-            self.model, prompting=self.prompting, runtime="torch", max_history=self.history
+            self.model,
+            prompting=self.prompting,
+            runtime="torch",
+            max_history=self.history,
+            cache=self.embeddings,
+            region_grid_mm=self.region_grid_mm,
         )
         session.set_image(self.volume)
         obj = AnnotatedObject(label, name, session)
