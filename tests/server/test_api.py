@@ -153,7 +153,7 @@ def test_missing_niivue_is_explained(model, data_dir: Path) -> None:
     with _client(model, data_dir, niivue=data_dir / "none.js") as c:
         r = c.get(routes.NIIVUE)
         assert r.status_code == 404
-        assert "scripts/setup.sh" in r.json()["detail"]
+        assert "FASTSAM3D_NIIVUE" in r.json()["detail"]
         assert c.get(routes.HEALTH).json()["viewer"] is False
 
 

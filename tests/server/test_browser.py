@@ -1,8 +1,8 @@
 """End to end: ``fastsam3d serve`` in a subprocess, the NiiVue page in headless Chromium
 (Debian's, driven by Playwright), real mouse clicks on the bundled CT.
 
-Needs /usr/bin/chromium (``scripts/setup.sh --browser``) and NiiVue from npm
-(``scripts/setup.sh``). Without them the tests skip, unless ``FASTSAM3D_REQUIRE_BROWSER=1``
+Needs /usr/bin/chromium (``scripts/setup.sh --browser``) and the NiiVue bundle the package
+ships. Without them the tests skip, unless ``FASTSAM3D_REQUIRE_BROWSER=1``
 (set by ``scripts/test.sh``), where a missing piece fails. Screenshots go to
 ``test-artifacts/browser/`` (or ``$FASTSAM3D_ARTIFACTS/browser``).
 """
@@ -48,7 +48,7 @@ def _missing() -> str | None:
     if not CHROMIUM.is_file():
         return f"{CHROMIUM} not installed (bash scripts/setup.sh --browser)"
     if not default_niivue().is_file():
-        return f"NiiVue not installed at {default_niivue()} (bash scripts/setup.sh)"
+        return f"NiiVue bundle missing at {default_niivue()} (a broken checkout?)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -252,8 +252,8 @@ def test_missing_niivue_is_explained_in_the_page(page, tmp_path) -> None:
             pg.goto(running.url)
             pg.wait_for_selector("#error:not([hidden])", timeout=30_000)
             text = pg.inner_text("#error")
-            assert "NiiVue is not installed" in text
-            assert "scripts/setup.sh" in text
+            assert "NiiVue bundle" in text
+            assert "FASTSAM3D_NIIVUE" in text
             pg.screenshot(path=str(ARTIFACTS / "08-niivue-missing.png"))
         finally:
             pg.close()

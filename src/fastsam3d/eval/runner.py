@@ -31,6 +31,7 @@ from ..data.align import labels_on_grid
 from ..data.frame import FrameSpec
 from ..data.io import read_volume
 from ..data.volume import Volume
+from ..errors import InputError
 from ..files import atomic_output
 from .clicks import make_simulator
 from .datasets import Case, Structure
@@ -87,9 +88,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.protocol not in ("paper", "realistic"):
-            raise ValueError(f"protocol must be 'paper' or 'realistic', got {self.protocol!r}")
+            raise InputError(f"protocol must be 'paper' or 'realistic', got {self.protocol!r}")
         if not self.clicks or min(self.clicks) < 1:
-            raise ValueError(f"clicks must be positive counts, got {self.clicks}")
+            raise InputError(f"clicks must be positive counts, got {self.clicks}")
         make_simulator(self.simulator, self.logit_quirk)  # validates the names
 
     @property

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..data.volume import Volume, WorldConvention, orientation_codes
+from ..errors import InputError
 from .cache import EmbeddingCache
 from .session import Box3, Click, Session
 
@@ -48,7 +49,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """A request that does not fit the annotation's state (nothing to undo, too many objects).
 
     ``status``: the HTTP status a server answers with (409 conflict, 404 unknown object, 422

@@ -16,6 +16,7 @@ import torch
 
 from ..data.frame import FrameSpec, Roi
 from ..data.volume import Volume
+from ..errors import InputError
 
 _Key = tuple[int, int, FrameSpec, bytes]
 
@@ -31,7 +32,7 @@ class EmbeddingCache:
 
     def __init__(self, size: int = 4) -> None:
         if size < 1:
-            raise ValueError(f"an embedding cache holds at least 1 entry, got size {size}")
+            raise InputError(f"an embedding cache holds at least 1 entry, got size {size}")
         self.size = size
         self.hits = 0
         self.misses = 0

@@ -43,6 +43,7 @@ from ..data.frame import (
     roi_values_to_volume,
 )
 from ..data.volume import Volume, WorldConvention, check_voxels
+from ..errors import InputError
 from ..modeling.sam3d import Sam3D
 from .cache import EmbeddingCache
 
@@ -154,11 +155,11 @@ class Session:
         self.model = model
         self.frame = frame or FrameSpec(size=model.cfg.image_size)
         if self.frame.size != model.cfg.image_size:
-            raise ValueError(
+            raise InputError(
                 f"frame size {self.frame.size} differs from the model input {model.cfg.image_size}"
             )
         if prompting not in ("newest", "all", "auto"):
-            raise ValueError(f"prompting must be 'newest', 'all' or 'auto', got {prompting!r}")
+            raise InputError(f"prompting must be 'newest', 'all' or 'auto', got {prompting!r}")
         self.prompting: Literal["newest", "all"] = (
             model_prompting(model) if prompting == "auto" else prompting
         )
@@ -166,10 +167,10 @@ class Session:
         self._cache = cache if cache is not None else EmbeddingCache(max(1, cache_size))
         self.cache_size = self._cache.size
         if max_history is not None and max_history < 1:
-            raise ValueError(f"max_history must be at least 1 or None, got {max_history}")
+            raise InputError(f"max_history must be at least 1 or None, got {max_history}")
         self.max_history = max_history
         if region_grid_mm is not None and not region_grid_mm > 0:
-            raise ValueError(f"region_grid_mm must be positive or None, got {region_grid_mm}")
+            raise InputError(f"region_grid_mm must be positive or None, got {region_grid_mm}")
         self.region_grid_mm = region_grid_mm
         self._volume: Volume | None = None
         self._clear_prompts()
@@ -192,7 +193,7 @@ class Session:
         """
         if isinstance(image, Volume):
             if spacing is not None or affine is not None:
-                raise ValueError("spacing/affine apply to arrays; a Volume carries its own")
+                raise InputError("spacing/affine apply to arrays; a Volume carries its own")
             volume = image
         else:
             volume = Volume.from_array(np.asarray(image), spacing or (1.0, 1.0, 1.0), affine)
@@ -280,9 +281,9 @@ class Session:
         try:
             p = np.asarray(point, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
-            raise ValueError(f"a point must be 3 numbers, got {point!r}") from None
+            raise InputError(f"a point must be 3 numbers, got {point!r}") from None
         if p.shape != (3,) or not np.all(np.isfinite(p)):
-            raise ValueError(f"a point must be 3 finite numbers, got {point!r}")
+            raise InputError(f"a point must be 3 finite numbers, got {point!r}")
         if world is not None:
             p = volume.world_to_index(p, world)[0]
             lo, hi = -0.5, np.array(volume.shape) - 0.5
@@ -293,7 +294,7 @@ class Session:
             lo, hi = 0.0, np.array(volume.shape) - 1
             what = f"voxel index {tuple(np.asarray(point).tolist())}"
         if np.any(p < lo) or np.any(p > hi):
-            raise ValueError(
+            raise InputError(
                 f"{what} lies outside the image (voxel indices 0..{volume.shape[0] - 1}, "
                 f"0..{volume.shape[1] - 1}, 0..{volume.shape[2] - 1})"
             )
@@ -385,7 +386,7 @@ class Session:
                 return roi, True
         roi = roi_around(volume, centre, self.frame)
         if not holds(roi):
-            raise ValueError(
+            raise InputError(
                 "the pending clicks are too far apart for one region of interest "
                 f"({self.frame.size * self.frame.spacing:.0f} mm); predict between them"
             )
@@ -440,7 +441,7 @@ class Session:
         volume = self.volume
         array = np.asarray(mask)
         if array.shape != volume.shape:
-            raise ValueError(f"mask shape {array.shape} differs from the image {volume.shape}")
+            raise InputError(f"mask shape {array.shape} differs from the image {volume.shape}")
         self._clear_prompts()
         self._mask = array.astype(bool, copy=True)
 

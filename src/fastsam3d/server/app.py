@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from ..errors import InputError
 from .config import ServerConfig, default_niivue
 from .deps import ServerState, add_error_handlers
 from .nninteractive import add_nninteractive_routes
@@ -41,7 +42,7 @@ def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None =
     """
     data_dir = config.data_dir.resolve()
     if not data_dir.is_dir():
-        raise ValueError(f"data folder {config.data_dir} does not exist or is not a folder")
+        raise InputError(f"data folder {config.data_dir} does not exist or is not a folder")
     store = store or SessionStore(
         model,
         config.limits,

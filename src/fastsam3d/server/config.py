@@ -9,14 +9,14 @@ from pathlib import Path
 from .store import Limits
 
 
+VENDORED_NIIVUE = Path(__file__).resolve().parent / "static" / "vendor" / "niivue.js"
+"""NiiVue's ES module as shipped in the package (``scripts/update_niivue.py`` refreshes it)."""
+
+
 def default_niivue() -> Path:
-    """Where ``scripts/setup.sh`` installs NiiVue (npm): ``<repo>/web/node_modules/...``;
-    ``FASTSAM3D_NIIVUE`` overrides."""
+    """The NiiVue bundle shipped in the package; ``FASTSAM3D_NIIVUE`` overrides."""
     env = os.environ.get("FASTSAM3D_NIIVUE")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[3]
-    return repo / "web" / "node_modules" / "@niivue" / "niivue" / "dist" / "index.js"
+    return Path(env) if env else VENDORED_NIIVUE
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ServerConfig:
         limits: session, upload and image size limits.
         token: when set, every API call needs ``Authorization: Bearer <token>`` (or
             ``?token=<token>``).
-        niivue: NiiVue's ES module bundle (from npm).
+        niivue: NiiVue's ES module bundle (default: the one shipped in the package).
         model_name: shown by ``/api/health``.
         prompting: ``"newest"`` or ``"all"`` clicks per prediction, ``"auto"``: the model's.
         sweep_seconds: how often idle sessions are looked for.

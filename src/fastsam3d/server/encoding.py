@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from ..data.volume import Volume
+from ..errors import InputError
 
 LEVEL = 1  # fastest gzip level: label maps are mostly zeros and compress well anyway
 
@@ -22,7 +23,7 @@ LEVEL = 1  # fastest gzip level: label maps are mostly zeros and compress well a
 def nifti_gz(array: np.ndarray, volume: Volume) -> bytes:
     """A gzip-compressed NIfTI-1 file of ``array`` ``(I, J, K)`` on ``volume``'s grid."""
     if array.shape != volume.shape:
-        raise ValueError(f"array shape {array.shape} differs from the image {volume.shape}")
+        raise InputError(f"array shape {array.shape} differs from the image {volume.shape}")
     image = nib.Nifti1Image(np.asarray(array), np.asarray(volume.affine, dtype=np.float64))
     image.header.set_xyzt_units("mm")
     image.set_sform(volume.affine, code=1)
@@ -44,7 +45,7 @@ def display_image(volume: Volume) -> np.ndarray:
 def compact_labels(labels: np.ndarray) -> bytes:
     """``(I, J, K)`` uint8 labels -> gzip of the raw bytes in Fortran order."""
     if labels.dtype != np.uint8:
-        raise ValueError(f"labels must be uint8, got {labels.dtype}")
+        raise InputError(f"labels must be uint8, got {labels.dtype}")
     return gzip.compress(np.asfortranarray(labels).tobytes(order="F"), compresslevel=LEVEL)
 
 
@@ -52,5 +53,5 @@ def decode_compact(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     """Inverse of :func:`compact_labels` for raw (already gunzipped) bytes."""
     flat = np.frombuffer(data, dtype=np.uint8)
     if flat.size != int(np.prod(shape)):
-        raise ValueError(f"{flat.size} label bytes do not fill a {shape} grid")
+        raise InputError(f"{flat.size} label bytes do not fill a {shape} grid")
     return flat.reshape(shape, order="F")

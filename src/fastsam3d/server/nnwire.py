@@ -17,6 +17,8 @@ import struct
 
 import numpy as np
 
+from ..errors import InputError
+
 MAGIC = b"NNIA"
 VERSION = 1
 CHUNK_BYTES = 1 << 30
@@ -25,7 +27,7 @@ _DTYPES = {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint6
 _DTYPES |= {"float16", "float32", "float64"}
 
 
-class WireError(ValueError):
+class WireError(InputError):
     """A packed array that cannot be read (the message says what is wrong)."""
 
 

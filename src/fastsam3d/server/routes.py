@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
+from ..errors import InputError
+
 # -- server ------------------------------------------------------------------------------------
 HEALTH = "/api/health"
 FILES = "/api/files"
@@ -81,7 +83,7 @@ def fill(template: str, query: Mapping[str, object] | None = None, **params: obj
     missing = [f for f in fields if f not in params]
     unknown = [p for p in params if p not in fields]
     if missing or unknown:
-        raise ValueError(
+        raise InputError(
             f"route {template}: give exactly its fields {fields}"
             f" (missing {missing}, unknown {unknown})"
         )

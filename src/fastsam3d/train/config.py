@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import ModelConfig, SparseAttentionConfig, SparsePattern
+from ..errors import InputError
 from ..registry import get_spec
 
 
@@ -219,7 +220,7 @@ class InteractiveConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.feature_dropout <= 1.0:
-            raise ValueError(
+            raise InputError(
                 f"[interactive] feature_dropout must be in [0, 1], got {self.feature_dropout!r}"
             )
 
@@ -280,28 +281,28 @@ class TrainConfig:
     def check(self, kind: Literal["train", "distill"]) -> None:
         """Raise ``ValueError`` when the tables do not fit the command."""
         if not self.data.root:
-            raise ValueError("[data] root is required (dataset folder, manifest or sample names)")
+            raise InputError("[data] root is required (dataset folder, manifest or sample names)")
         if kind == "train":
             if self.model is None or self.teacher is not None or self.student is not None:
-                raise ValueError(
+                raise InputError(
                     "fastsam3d train needs a [model] table (and no [teacher]/[student])"
                 )
         else:
             if self.teacher is None or self.student is None or self.model is not None:
-                raise ValueError(
+                raise InputError(
                     "fastsam3d distill needs [teacher] and [student] tables (no [model])"
                 )
             if (
                 self.distill is not None
                 and self.distill.layerwise_steps + self.distill.logit_steps != self.run.steps
             ):
-                raise ValueError(
+                raise InputError(
                     f"[distill] layerwise_steps + logit_steps "
                     f"({self.distill.layerwise_steps} + {self.distill.logit_steps}) must equal "
                     f"[run] steps ({self.run.steps})"
                 )
         if self.run.steps < 1 or self.data.batch_size < 1 or self.optim.grad_accum < 1:
-            raise ValueError("steps, batch_size and grad_accum must be >= 1")
+            raise InputError("steps, batch_size and grad_accum must be >= 1")
 
 
 _TABLES: dict[str, type] = {
@@ -327,11 +328,11 @@ def _tuples_in(values: list[Any]) -> list[Any]:
 
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a table, got {data!r}")
+        raise InputError(f"{where}: expected a table, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+        raise InputError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if cls is DataConfig and key == "augment":
@@ -340,11 +341,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
             kwargs[key] = _build(EngineConfig, value, f"{where}.engine")
         elif cls is EngineConfig and key == "scan_weights":
             if not isinstance(value, dict):
-                raise ValueError(f"{where}.scan_weights: expected a table of case id = weight")
+                raise InputError(f"{where}.scan_weights: expected a table of case id = weight")
             kwargs[key] = {str(k): float(v) for k, v in value.items()}
         elif key in ("encoder", "prompt", "decoder"):
             if not isinstance(value, dict):
-                raise ValueError(f"{where}.{key}: expected a table")
+                raise InputError(f"{where}.{key}: expected a table")
             kwargs[key] = dict(value)
         elif isinstance(value, list):
             kwargs[key] = tuple(_tuples_in(value))
@@ -354,18 +355,18 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key, value in kwargs.items():
         allowed = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is Literal else ()
         if allowed and value not in allowed:
-            raise ValueError(f"{where}.{key}: must be one of {list(allowed)}, got {value!r}")
+            raise InputError(f"{where}.{key}: must be one of {list(allowed)}, got {value!r}")
     try:
         return cls(**kwargs)
     except TypeError as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise InputError(f"{where}: {err}") from None
 
 
 def parse_config(data: dict[str, Any], where: str = "config") -> TrainConfig:
     """A :class:`TrainConfig` from a parsed TOML document."""
     unknown = sorted(set(data) - set(_TABLES))
     if unknown:
-        raise ValueError(f"{where}: unknown tables {unknown}; allowed: {sorted(_TABLES)}")
+        raise InputError(f"{where}: unknown tables {unknown}; allowed: {sorted(_TABLES)}")
     tables = {
         name: _build(_TABLES[name], value, f"{where} [{name}]") for name, value in data.items()
     }
@@ -382,9 +383,9 @@ def load_config(path: str | Path) -> TrainConfig:
     try:
         data = tomllib.loads(p.read_text())
     except OSError as err:
-        raise ValueError(f"{p}: cannot read the config ({err})") from None
+        raise InputError(f"{p}: cannot read the config ({err})") from None
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{p}: invalid TOML ({err})") from None
+        raise InputError(f"{p}: invalid TOML ({err})") from None
     return parse_config(data, str(p))
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from ..data.frame import FrameSpec, Roi, normalize_roi, resample_to_roi, roi_around
 from ..data.io import read_volume
 from ..data.volume import Volume
+from ..errors import InputError
 from ..eval.datasets import Case
 from ..eval.runner import load_targets
 from .config import DataConfig
@@ -71,12 +72,12 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
     ) -> None:
         self.cases = [c for c in cases if c.case_id not in set(config.exclude_cases)]
         if not self.cases:
-            raise ValueError("no training cases left after exclude_cases")
+            raise InputError("no training cases left after exclude_cases")
         self.config, self.frame, self.seed = config, frame, seed
         self._cache: dict[int, tuple[Volume, dict[str, np.ndarray]]] = {}
         self.targets = self._index_targets()
         if not self.targets:
-            raise ValueError(
+            raise InputError(
                 f"no structure of at least {config.min_volume_mm3} mm3 found"
                 + (f" among {list(config.structures)}" if config.structures else "")
             )

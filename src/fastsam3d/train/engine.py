@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 from ..data.frame import FrameSpec, normalize_roi, roi_around
 from ..data.io import read_volume
 from ..data.volume import Volume
+from ..errors import InputError
 from ..eval.datasets import Case
 from ..eval.runner import load_targets
 from ..files import atomic_output
@@ -273,7 +274,7 @@ class EngineRegions(Dataset[dict[str, torch.Tensor]]):
         self.config, self.engine, self.frame, self.seed = config, config.engine, frame, seed
         cases = [c for c in cases if c.case_id not in set(config.exclude_cases)]
         if not cases:
-            raise ValueError("no training cases left after exclude_cases")
+            raise InputError("no training cases left after exclude_cases")
         voxel_mm3 = [float(np.prod(read_volume(c.image, channel=c.channel).spacing)) for c in cases]
         self.scans = [
             prepare_scan(c, self.engine, max(1, int(config.min_volume_mm3 / v)))

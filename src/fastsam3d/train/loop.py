@@ -34,6 +34,7 @@ from ..build import build_model, load_model
 from ..checkpoint import save_native
 from ..data.frame import FrameSpec
 from ..distributed import from_rank0, gather_to_rank0, join, resolve_device
+from ..errors import InputError
 from ..eval.clicks import make_simulator
 from ..eval.datasets import load_cases
 from ..files import atomic_output
@@ -125,7 +126,7 @@ class Trainer:
             self.dataset = TrainingRegions(cases, config.data, frame, config.run.seed)
         self.trainable = [p for p in self.step_module.parameters() if p.requires_grad]
         if not self.trainable:
-            raise ValueError("nothing to train: every parameter is frozen")
+            raise InputError("nothing to train: every parameter is frozen")
         self.optimizer = torch.optim.AdamW(
             self._param_groups(),
             lr=config.optim.lr,
@@ -137,7 +138,7 @@ class Trainer:
         )
         fp16 = config.run.amp == "fp16"
         if fp16 and self.device.type != "cuda":
-            raise ValueError("amp = 'fp16' needs CUDA; use 'bf16' on CPU")
+            raise InputError("amp = 'fp16' needs CUDA; use 'bf16' on CPU")
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.wrapped: nn.Module = self.step_module
         if self.dist:
@@ -184,7 +185,7 @@ class Trainer:
         if inter.trainable == "encoder_last":
             n = inter.unfreeze_last_blocks
             if not 0 < n <= len(model.image_encoder.blocks):
-                raise ValueError(
+                raise InputError(
                     f"unfreeze_last_blocks must be in 1..{len(model.image_encoder.blocks)}"
                 )
             for block in model.image_encoder.blocks[-n:]:
@@ -226,7 +227,7 @@ class Trainer:
         if frozen:
             names = [n for n, _ in student.named_parameters() if n.startswith(frozen)]
             if not names:
-                raise ValueError(f"[distill] frozen {list(frozen)} matches no student parameter")
+                raise InputError(f"[distill] frozen {list(frozen)} matches no student parameter")
             for name, param in student.named_parameters():
                 if name.startswith(frozen):
                     param.requires_grad_(False)
@@ -496,24 +497,24 @@ class Trainer:
         if self.rank == 0:
             try:
                 if not path.is_file():
-                    raise ValueError(f"{path}: no checkpoint to resume from")
+                    raise InputError(f"{path}: no checkpoint to resume from")
                 state = torch.load(path, map_location="cpu", weights_only=True)
                 if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-                    raise ValueError(f"{path}: not a fastsam3d training checkpoint")
+                    raise InputError(f"{path}: not a fastsam3d training checkpoint")
             except ValueError as err:
                 state = {"error": str(err)}
         if self.dist:
             state = from_rank0(state)
         if "error" in state:
-            raise ValueError(state["error"])
+            raise InputError(state["error"])
         return dict(state)
 
     def _resume(self, path: Path) -> None:
         state = self._read(path)
         if state["kind"] != self.kind:
-            raise ValueError(f"{path}: a {state['kind']} checkpoint cannot resume {self.kind}")
+            raise InputError(f"{path}: a {state['kind']} checkpoint cannot resume {self.kind}")
         if state["model_config"] != self.model.cfg.to_dict():
-            raise ValueError(f"{path}: the checkpoint's model differs from this config's")
+            raise InputError(f"{path}: the checkpoint's model differs from this config's")
         self.model.load_state_dict(state["state_dict"])
         if state["extra"]:
             self.step_module.load_state_dict({**self.step_module.state_dict(), **state["extra"]})

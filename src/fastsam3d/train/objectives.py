@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..eval.clicks import CenterClicker, ClickSimulator
 from ..modeling.sam3d import Sam3D
 from .config import InteractiveConfig
@@ -73,7 +74,7 @@ def prototype_loss(
 def layer_pairing(student_depth: int, teacher_depth: int) -> list[int]:
     """Teacher depth paired with each student depth ``1..L``: ``round(T i / L)``."""
     if student_depth < 1 or teacher_depth < student_depth:
-        raise ValueError(
+        raise InputError(
             f"cannot pair a {student_depth}-block student with a {teacher_depth}-block teacher"
         )
     return [round(teacher_depth * i / student_depth) for i in range(1, student_depth + 1)]
@@ -82,7 +83,7 @@ def layer_pairing(student_depth: int, teacher_depth: int) -> list[int]:
 def layers_in_use(iteration: int, total: int, student_depth: int) -> int:
     """Eq. 2: ``k = ceil(iteration * L / total)`` for 1-based ``iteration`` in ``1..total``."""
     if not 1 <= iteration <= total:
-        raise ValueError(f"iteration {iteration} outside 1..{total}")
+        raise InputError(f"iteration {iteration} outside 1..{total}")
     return max(1, min(student_depth, math.ceil(iteration * student_depth / total)))
 
 
@@ -127,7 +128,7 @@ class InteractiveStep(nn.Module):
     ) -> None:
         super().__init__()
         if config.feature_dropout > 0 and not model.cfg.encoder.feature_channels:
-            raise ValueError(
+            raise InputError(
                 f"[interactive] feature_dropout = {config.feature_dropout} needs a model with "
                 "high-resolution decoder features (EncoderConfig.feature_channels); this one "
                 "has none: set it to 0"
@@ -169,7 +170,7 @@ class InteractiveStep(nn.Module):
         size = self.config.loss_size
         if size and target.shape[-1] > size:
             if target.shape[-1] % size:
-                raise ValueError(f"loss_size {size} does not divide the target grid {target.shape}")
+                raise InputError(f"loss_size {size} does not divide the target grid {target.shape}")
             pooled = F.avg_pool3d(target.float().flatten(0, 1)[:, None], target.shape[-1] // size)
             return (pooled[:, 0] >= 0.5).float().view(*target.shape[:2], size, size, size)
         return target

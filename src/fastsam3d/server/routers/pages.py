@@ -39,7 +39,7 @@ def niivue(server: Server) -> FileResponse:
     if not bundle.is_file():
         raise HTTPException(
             404,
-            f"NiiVue is not installed ({bundle} missing): run `bash scripts/setup.sh`"
-            " (npm ci --prefix web) or set FASTSAM3D_NIIVUE",
+            f"NiiVue bundle {bundle} missing: point FASTSAM3D_NIIVUE at NiiVue's dist/index.js "
+            "or reinstall fastsam3d (the package ships it)",
         )
     return FileResponse(bundle, media_type="text/javascript")

@@ -1,4 +1,4 @@
-// fastsam3d web viewer: NiiVue (from npm, served by the server) + the fastsam3d HTTP API.
+// fastsam3d web viewer: NiiVue (shipped in the package, served by the server) + the fastsam3d HTTP API.
 // Clicks on a 2D slice are sent in world RAS mm; the label map comes back as raw uint8 voxels in
 // NIfTI order and is copied into the overlay volume that was loaded from overlay.nii.gz.
 let niivue = null; // the NiiVue module, imported below (a missing install gets a clear message)
