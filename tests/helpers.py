@@ -8,11 +8,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from fastsam3d.contract import RegionFrame
 
 
 def rotation(ax: float, az: float) -> np.ndarray:
@@ -101,7 +102,7 @@ class OracleModel:
 
     def __init__(self, size: int = 128, factor: int = 4) -> None:
         self.factor = factor
-        self.cfg = SimpleNamespace(image_size=size, low_res_size=size // factor)
+        self.cfg = RegionFrame(size, size // factor)
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self.encode_calls = 0

@@ -18,6 +18,7 @@ LAYERS = {
     "data": 2,
     "registry": 2,
     "samples": 2,
+    "contract": 2,
     "checkpoint": 3,
     "runtime": 3,
     "viewer": 3,

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from . import samples
+from .contract import PromptableModel
 from .data.align import labels_on_grid
 from .data.io import read_volume, write_label_map
 from .data.volume import Volume
@@ -47,7 +47,7 @@ def read_demo_scan(sample_name: str, structures: Sequence[str]) -> DemoScan:
 
 
 def run_demo(
-    runner: Any,
+    runner: PromptableModel,
     scan: DemoScan,
     out: Path,
     *,

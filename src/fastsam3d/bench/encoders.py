@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..build import build_meta, load_model
 from ..config import AttentionImpl, SparseAttentionConfig, SparsePattern
+from ..contract import PromptableModel
 from ..modeling.sam3d import upsample_logits
 from ..registry import get_spec
 from .timing import TimingStats, round_robin
@@ -70,7 +71,7 @@ class Candidate:
             dtype=getattr(torch, self.dtype),
         )
 
-    def load(self, threads: int | None = None) -> Any:
+    def load(self, threads: int | None = None) -> PromptableModel:
         from ..runtime.select import prepare
 
         return prepare(self.torch_model(), self.runtime, threads=threads)

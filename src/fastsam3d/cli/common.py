@@ -10,9 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..contract import PromptableModel
 from ..distributed import DEVICE_CHOICES, resolve_device
 from ..errors import InputError
 from ..files import atomic_output
+from ..modeling.sam3d import Sam3D
 from ..registry import DEFAULT_MODEL, list_models
 from ..runtime.select import CHOICES as RUNTIME_CHOICES
 
@@ -116,7 +118,7 @@ def load_for_command(
     return model, label
 
 
-def prepared(model: Any, args: argparse.Namespace) -> tuple[Any, str]:
+def prepared(model: Sam3D, args: argparse.Namespace) -> tuple[PromptableModel, str]:
     """``model`` on ``--runtime`` (``auto`` resolved) and the runtime's name."""
     from ..runtime.select import prepare, resolve
 

@@ -13,11 +13,12 @@ seeds accumulate, as a user of such a tool expects.
 from __future__ import annotations
 
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..contract import RegionFrame
 
 
 class RandomWalkerBaseline:
@@ -33,7 +34,7 @@ class RandomWalkerBaseline:
     prompting = "all"
 
     def __init__(self, image_size: int = 128, low_res_size: int = 32, beta: float = 130.0) -> None:
-        self.cfg = SimpleNamespace(image_size=image_size, low_res_size=low_res_size)
+        self.cfg = RegionFrame(image_size, low_res_size)
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self.beta = beta

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from ..contract import ConfiguredModel
 from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
 from ..data.volume import Volume
 from ..errors import InputError
@@ -44,7 +44,7 @@ class ProbeResult:
 
 
 def image_dependence(
-    model: Any,
+    model: ConfiguredModel,
     volume: Volume,
     structures: Sequence[tuple[str, np.ndarray]],
     frame: FrameSpec | None = None,

@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
+from ..contract import PromptableModel
 from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
 from ..data.volume import Volume
 from ..interactive.session import Session, model_prompting
@@ -46,7 +47,7 @@ class Method:
     """
 
     name: str
-    model: Any
+    model: PromptableModel
     prompting: Literal["newest", "all", "auto"] = "auto"
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..contract import PromptableModel
 from ..data.volume import Volume, WorldConvention, orientation_codes
 from ..errors import InputError
 from .cache import EmbeddingCache
@@ -132,7 +133,7 @@ class Annotation:
     def __init__(
         self,
         volume: Volume,
-        model: Any,
+        model: PromptableModel,
         *,
         source: str,
         uploaded: bool,

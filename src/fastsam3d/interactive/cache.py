@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..contract import PromptableModel
 from ..data.frame import FrameSpec, Roi
 from ..data.volume import Volume
 from ..errors import InputError
@@ -40,10 +41,12 @@ class EmbeddingCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(volume: Volume, model: Any, frame: FrameSpec, roi: Roi) -> _Key:
+    def _key(volume: Volume, model: PromptableModel, frame: FrameSpec, roi: Roi) -> _Key:
         return (id(volume), id(model), frame, roi.key())
 
-    def get(self, volume: Volume, model: Any, frame: FrameSpec, roi: Roi) -> torch.Tensor | None:
+    def get(
+        self, volume: Volume, model: PromptableModel, frame: FrameSpec, roi: Roi
+    ) -> torch.Tensor | None:
         """The cached embedding of ``roi`` (``None`` when absent); marks it as used."""
         key = self._key(volume, model, frame, roi)
         with self._lock:
@@ -56,7 +59,12 @@ class EmbeddingCache:
             return entry[2]
 
     def put(
-        self, volume: Volume, model: Any, frame: FrameSpec, roi: Roi, embedding: torch.Tensor
+        self,
+        volume: Volume,
+        model: PromptableModel,
+        frame: FrameSpec,
+        roi: Roi,
+        embedding: torch.Tensor,
     ) -> None:
         """Keep an embedding, dropping the least recently used ones beyond ``size``."""
         key = self._key(volume, model, frame, roi)

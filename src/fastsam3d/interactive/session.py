@@ -28,11 +28,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
+from ..contract import PromptableModel
 from ..data.frame import (
     FrameSpec,
     Roi,
@@ -138,7 +139,7 @@ class Session:
 
     def __init__(
         self,
-        model: Any,
+        model: PromptableModel,
         *,
         frame: FrameSpec | None = None,
         prompting: Prompting = "auto",
@@ -456,7 +457,7 @@ class Session:
         self._clear_prompts()
 
 
-def model_prompting(model: Any) -> Literal["newest", "all"]:
+def model_prompting(model: PromptableModel) -> Literal["newest", "all"]:
     """The clicks a model expects per prediction: its config's ``prompt.prompting`` (our
     models), the model's own ``prompting`` attribute (the random-walker baseline), else
     ``"newest"`` (upstream's released weights)."""

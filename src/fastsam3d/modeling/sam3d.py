@@ -130,7 +130,7 @@ class Sam3D(nn.Module):
         masks=mask_logits)``: a pad point (label -1) is appended; ``mask_logits=None`` uses the
         learned no-mask embedding.
         """
-        self._check_prompts(points, labels, mask_logits)
+        self.check_prompts(points, labels, mask_logits)
         if mask_logits is not None:
             mask_logits = mask_logits.to(self.dtype)
         return self.prompt_encoder(points, labels, mask_logits)
@@ -159,7 +159,7 @@ class Sam3D(nn.Module):
         Returns:
             ``(low_res_logits (B, 1|3, 4G, 4G, 4G), iou (B, 1|3))``; threshold logits at 0.
         """
-        self._check_prompts(points, labels, mask_logits)
+        self.check_prompts(points, labels, mask_logits)
         b = points.shape[0]
         g = self.cfg.embedding_grid
         expected = (self.embedding_channels, g, g, g)
@@ -210,12 +210,15 @@ class Sam3D(nn.Module):
         """:meth:`encode` then :meth:`decode` (for training)."""
         return self.decode(self.encode(image), points, labels, mask_logits, multimask)
 
-    def _check_prompts(
+    def check_prompts(
         self,
         points: torch.Tensor,
         labels: torch.Tensor,
         mask_logits: torch.Tensor | None,
     ) -> None:
+        """Raise ``ValueError`` naming the shape or value when prompts do not fit :meth:`decode`
+        (points ``(B, N, 3)``, integer labels ``(B, N)`` in -1/0/1, mask logits
+        ``(B, 1, L, L, L)``); the runtimes' wrappers call it before their graphs run."""
         if points.dim() != 3 or points.shape[-1] != 3:
             raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
         if labels.shape != points.shape[:2]:

@@ -279,7 +279,7 @@ class ExportedModel:
         """Same contract as :meth:`fastsam3d.Sam3D.decode`."""
         if multimask or mask_logits is None:
             return self.torch_model.decode(embedding, points, labels, mask_logits, multimask)
-        self.torch_model._check_prompts(points, labels, mask_logits)
+        self.torch_model.check_prompts(points, labels, mask_logits)
         b = points.shape[0]
         emb = embedding.detach().float()
         if emb.shape[0] == 1 and b > 1:

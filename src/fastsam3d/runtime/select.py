@@ -22,8 +22,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any
 
+from ..contract import PromptableModel
 from ..errors import InputError
 from ..modeling.sam3d import Sam3D
 from . import onednn
@@ -76,7 +76,7 @@ def resolve(runtime: str, model: Sam3D) -> str:
 
 def prepare(
     model: Sam3D, runtime: str = "auto", threads: int | None = None, cache_dir: Path | None = None
-) -> Any:
+) -> PromptableModel:
     """A model-like object (``cfg``, ``encode``, ``decode``) running on ``runtime``.
 
     ``cache_dir``: where exported graphs are kept (ONNX Runtime / OpenVINO; default

@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from ..contract import PromptableModel
 from ..errors import InputError
 from .config import ServerConfig, default_niivue
 from .deps import ServerState, add_error_handlers
@@ -35,7 +36,9 @@ __all__ = ["ServerConfig", "create_app", "default_niivue"]
 log = logging.getLogger(__name__)
 
 
-def create_app(model: Any, config: ServerConfig, *, store: SessionStore | None = None) -> FastAPI:
+def create_app(
+    model: PromptableModel, config: ServerConfig, *, store: SessionStore | None = None
+) -> FastAPI:
     """The FastAPI application serving ``model`` (already prepared, shared read-only).
 
     ``store``: the sessions to serve (default: a new store with ``config``'s limits).

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from .store import Limits
 
-
 VENDORED_NIIVUE = Path(__file__).resolve().parent / "static" / "vendor" / "niivue.js"
 """NiiVue's ES module as shipped in the package (``scripts/update_niivue.py`` refreshes it)."""
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from ..contract import PromptableModel
 from ..data.io import write_label_map
 from ..data.volume import Volume
 from ..files import atomic_output
@@ -79,7 +80,7 @@ class SessionStore:
 
     def __init__(
         self,
-        model: Any,
+        model: PromptableModel,
         limits: Limits,
         recovery_dir: Path | None,
         *,

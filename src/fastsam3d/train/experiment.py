@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import ConfiguredModel
 from ..data.io import read_volume
 from ..eval.datasets import load_cases
 from ..eval.probe import image_dependence
@@ -111,7 +112,7 @@ def mean_dice(
 
 
 def score_model(
-    model: Any,
+    model: ConfiguredModel,
     label: str,
     out_dir: Path,
     *,
