@@ -18,6 +18,31 @@ def test_load_model_random_init_is_in_eval_mode_on_cpu() -> None:
     assert model.dtype == torch.float32
 
 
+def test_no_silent_random_weights(capsys) -> None:
+    """A model without bundled weights needs a checkpoint or an explicit request for random
+    weights, in the library and on the command line."""
+    from fastsam3d.cli import main
+    from fastsam3d.errors import InputError
+
+    with pytest.raises(InputError, match=r"no bundled weights.*random_weights=True"):
+        fastsam3d.load_model("fastsam3d")
+    with pytest.raises(InputError, match="no checkpoint"):
+        fastsam3d.load_model("test-tiny", "x.pth", random_weights=True)
+    assert fastsam3d.load_model("fastsam3d-lite").cfg.encoder.depth == 6  # bundled: fine
+    image = str(samples_ct())
+    assert (
+        main(["segment", image, "--model", "fastsam3d", "--point", "1,2,3", "--out", "m.nii.gz"])
+        == 2
+    )
+    assert "has no bundled weights" in capsys.readouterr().err
+
+
+def samples_ct() -> object:
+    from fastsam3d import samples
+
+    return samples.sample("ct").image
+
+
 @pytest.mark.parametrize("multimask", [False, True])
 def test_encode_decode_shapes(tiny_model: Sam3D, gen: torch.Generator, multimask: bool) -> None:
     image, points, labels = tiny_inputs(tiny_model, gen, batch=2)

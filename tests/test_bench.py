@@ -74,9 +74,10 @@ def test_session_benchmark_reports_the_runtime_auto_stands_for(monkeypatch, caps
     seen = {}
     original = bench_session.load_model
 
-    def spy(name):
+    def spy(name, random_weights=False):
         seen["model"] = name
-        return original("test-tiny")
+        assert not random_weights  # the bundled model has weights
+        return original("test-tiny", random_weights=True)
 
     monkeypatch.setattr(bench_session, "load_model", spy)
     assert main(["bench", "session", "--rounds", "1", "--threads", "1"]) == 0

@@ -26,7 +26,7 @@ def _volume(seed: int = 0) -> Volume:
 @pytest.fixture
 def counted(monkeypatch) -> tuple[fastsam3d.Sam3D, list[int]]:
     """The tiny model with its encoder calls counted."""
-    model = fastsam3d.load_model("test-tiny", seed=1)
+    model = fastsam3d.load_model("test-tiny", seed=1, random_weights=True)
     calls: list[int] = []
     original = model.encode
     monkeypatch.setattr(model, "encode", lambda x: calls.append(1) or original(x))

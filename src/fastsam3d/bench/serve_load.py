@@ -27,6 +27,7 @@ from .. import samples
 from ..data.align import labels_on_grid
 from ..data.io import read_volume
 from ..errors import InputError
+from ..registry import get_spec
 from ..server import routes
 from ..server.encoding import decode_compact
 from ..server.process import serving
@@ -182,6 +183,7 @@ def run_load_test(
         serving(
             [
                 *("--model", model, "--data-dir", str(image.parent), "--threads", str(threads)),
+                *(("--checkpoint", "random") if get_spec(model).weights is None else ()),
                 *("--recovery-dir", str(Path(tmp) / "recovery"), "--max-sessions", str(sessions)),
             ]
         ) as running,
@@ -262,14 +264,16 @@ def _replay(
     through a fresh in-process annotation."""
     from ..build import load_model
     from ..interactive.annotation import Annotation
+    from ..runtime.select import prepare
 
     volume = read_volume(image)
-    net = load_model(model)
+    net = load_model(model, random_weights=get_spec(model).weights is None)
+    runner = prepare(net, "auto")  # what the server runs (its --runtime default)
     replayed: dict[str, int] = {}
     for log in logs:
         if not log.sid:
             continue
-        annotation = Annotation(volume, net, source=image.name, uploaded=False)
+        annotation = Annotation(volume, runner, source=image.name, uploaded=False)
         for label in sorted(log.clicks):
             obj = annotation.add_object()
             while obj.label < label:  # keep label values aligned with the server's

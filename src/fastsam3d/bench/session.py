@@ -22,6 +22,7 @@ import torch
 from ..build import load_model
 from ..data.io import read_volume
 from ..interactive.session import Session
+from ..registry import get_spec
 from ..runtime.select import prepare, resolve
 from ..samples import label_value, sample
 from .encoders import machine_info
@@ -77,7 +78,8 @@ def benchmark_session(
     torch.set_num_threads(threads)
     tmp = tempfile.TemporaryDirectory()
     try:
-        loaded = load_model(model_name)
+        # latency does not depend on the values: entries without bundled weights run random ones
+        loaded = load_model(model_name, random_weights=get_spec(model_name).weights is None)
         runtime = resolve(runtime, loaded)  # "auto" -> the runtime it stands for here
         model = prepare(loaded, runtime, threads=threads)
         if sample_name == "synthetic":
