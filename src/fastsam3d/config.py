@@ -12,6 +12,8 @@ variant from a registry entry.
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args
 
@@ -396,25 +398,61 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _from_plain(cls: type[_T], data: Any, where: str) -> _T:
+def dataclass_from_dict(
+    cls: type[_T],
+    data: Any,
+    where: str,
+    nested: Mapping[str, Callable[[Any, str], Any]] | None = None,
+    *,
+    check_choices: bool = False,
+) -> _T:
+    """``cls(**data)`` for a dataclass, from parsed TOML/JSON, with errors that name the place.
+
+    Lists become tuples (one level of nested lists too); ``nested[key](value, where.key)``
+    converts sub-tables; ``check_choices`` checks ``Literal`` fields against their choices.
+
+    Raises:
+        InputError: not a mapping, unknown keys (the allowed ones listed), a value outside a
+            ``Literal``'s choices, or arguments ``cls`` rejects.
+    """
     if not isinstance(data, dict):
-        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
+        raise InputError(f"{where}: expected a table, got {data!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - fields)
     if unknown:
         raise InputError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    hints = typing.get_type_hints(cls) if check_choices else {}
     kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        sub = _SUBCONFIGS.get((cls, name))
-        if sub is SparseAttentionConfig:
-            kwargs[name] = None if value is None else _sparse_from_plain(value, f"{where}.{name}")
-        elif sub is not None:
-            kwargs[name] = _from_plain(sub, value, f"{where}.{name}")
+    for key, value in data.items():
+        convert = (nested or {}).get(key)
+        if convert is not None:
+            kwargs[key] = convert(value, f"{where}.{key}")
         elif isinstance(value, list):
-            kwargs[name] = tuple(value)
+            kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         else:
-            kwargs[name] = value
-    return cls(**kwargs)
+            kwargs[key] = value
+        hint = hints.get(key)
+        allowed = get_args(hint) if typing.get_origin(hint) is Literal else ()
+        if allowed and kwargs[key] not in allowed:
+            raise InputError(f"{where}.{key}: must be one of {list(allowed)}, got {value!r}")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise InputError(f"{where}: {err}") from None
+
+
+def _from_plain(cls: type[_T], data: Any, where: str) -> _T:
+    nested = {
+        name: _sub_converter(sub) for (owner, name), sub in _SUBCONFIGS.items() if owner is cls
+    }
+    return dataclass_from_dict(cls, data, where, nested)
+
+
+def _sub_converter(sub: type) -> Callable[[Any, str], Any]:
+    """How a nested config table becomes its dataclass."""
+    if sub is SparseAttentionConfig:
+        return lambda value, where: None if value is None else _sparse_from_plain(value, where)
+    return lambda value, where: _from_plain(sub, value, where)
 
 
 def _sparse_from_plain(data: Any, where: str) -> SparseAttentionConfig:

@@ -20,31 +20,17 @@ from typing import Any
 import numpy as np
 
 from ..files import atomic_output
+from .formats import READ_FORMATS, WRITE_FORMATS, suffix_of
 from .volume import RAS_FROM_LPS, Volume, VolumeError, VolumeSource, check_voxels
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-ITK_SUFFIXES = {".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha", ".mhd": "mhd"}
-DICOM_SUFFIXES = (".dcm", ".ima")
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return path.suffix.lower()
 
 
 def volume_format(path: Path) -> str:
     """``"nifti" | "nrrd" | "mha" | "mhd" | "dicom"`` from a path; ``VolumeError`` otherwise."""
     if path.is_dir():
         return "dicom"
-    suffix = _suffix(path)
-    if suffix in NIFTI_SUFFIXES:
-        return "nifti"
-    if suffix in ITK_SUFFIXES:
-        return ITK_SUFFIXES[suffix]
-    if suffix in DICOM_SUFFIXES:
-        return "dicom"
+    suffix = suffix_of(path)
+    if suffix in READ_FORMATS:
+        return READ_FORMATS[suffix]
     raise VolumeError(
         f"{path}: unknown volume format {suffix!r}; expected .nii, .nii.gz, .nrrd, .nhdr, .mha, "
         ".mhd or a DICOM folder"
@@ -162,7 +148,7 @@ def _complete_on_disk(path: Path, img: Any) -> bool:
         np.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
     )
     size = path.stat().st_size
-    if _suffix(path) == ".nii":
+    if suffix_of(path) == ".nii":
         return size >= expected
     if size < 18:
         return False
@@ -311,13 +297,9 @@ def _read_dicom(path: Path, channel: int | None, series_uid: str | None = None) 
 
 def output_format(path: Path) -> str:
     """The format an output path asks for (``"nifti"``, ``"nrrd"``, ``"mha"``, ``"dicom-seg"``)."""
-    suffix = _suffix(path)
-    if suffix in NIFTI_SUFFIXES:
-        return "nifti"
-    if suffix in (".nrrd", ".mha"):
-        return ITK_SUFFIXES[suffix]
-    if suffix == ".dcm":
-        return "dicom-seg"
+    suffix = suffix_of(path)
+    if suffix in WRITE_FORMATS:
+        return WRITE_FORMATS[suffix]
     raise VolumeError(
         f"{path}: cannot write {suffix or 'a file without suffix'}; use .nii.gz, .nii, .nrrd, "
         ".mha (single-file formats, so the write is atomic) or .dcm (a DICOM Segmentation, for "
@@ -381,7 +363,7 @@ def _label_dtype(labels: np.ndarray) -> np.ndarray:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    suffix = _suffix(path)
+    suffix = suffix_of(path)
     try:
         with atomic_output(path, suffix=f".tmp{suffix}") as tmp:
             write(tmp)

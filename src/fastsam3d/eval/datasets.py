@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.formats import strip_suffix
 from ..errors import InputError
 
 Layout = str
@@ -122,10 +123,8 @@ def _read_json(path: Path) -> Any:
 
 
 def _strip_ending(name: str) -> str:
-    for ending in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return Path(name).stem
+    stripped = strip_suffix(name)
+    return stripped if stripped != name else Path(name).stem
 
 
 def _label_structures(classes: dict[int, str], label: Path) -> tuple[Structure, ...]:

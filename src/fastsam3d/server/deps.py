@@ -15,6 +15,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from ..data.formats import VOLUME_SUFFIXES, strip_suffix
 from ..data.volume import Volume
 from ..interactive.annotation import Annotation, AnnotationError
 from .config import ServerConfig
@@ -22,7 +23,7 @@ from .store import Limits, SessionLimitError, SessionStore, UnknownSession
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = VOLUME_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,4 @@ def check_size(volume: Volume, source: str, limits: Limits) -> None:
 
 def stem(source: str) -> str:
     """The image's file name without folders, ``upload:`` and image suffix."""
-    name = Path(source.removeprefix("upload:")).name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return strip_suffix(Path(source.removeprefix("upload:")).name)

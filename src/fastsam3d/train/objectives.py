@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..eval.clicks import CenterClicker, ClickSimulator
-from ..modeling.sam3d import Sam3D
+from ..modeling.sam3d import Sam3D, upsample_logits
 from .config import InteractiveConfig
 from .data import sample_rng
 
@@ -249,11 +249,10 @@ class InteractiveStep(nn.Module):
 
     @staticmethod
     def _upsample(logits: torch.Tensor, grid: int) -> torch.Tensor:
+        """Logits on the loss grid (float32), upsampled as at inference."""
         if logits.shape[-1] == grid:
             return logits.float()
-        return F.interpolate(
-            logits.float(), size=(grid,) * 3, mode="trilinear", align_corners=False
-        )
+        return upsample_logits(logits.float(), grid)
 
 
 class DistillStep(nn.Module):

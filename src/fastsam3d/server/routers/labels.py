@@ -12,6 +12,7 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
+from ...data.formats import LABEL_MAP_SUFFIXES
 from ...data.io import write_label_map
 from ...data.volume import VolumeError
 from ...files import atomic_output
@@ -21,7 +22,7 @@ from .. import routes
 from ..deps import AUTH, Server, stem
 from ..encoding import compact_labels
 
-SAVE_FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "nrrd": ".nrrd", "mha": ".mha"}
+SAVE_FORMATS = {suffix[1:]: suffix for suffix in LABEL_MAP_SUFFIXES}
 
 router = APIRouter(dependencies=AUTH)
 

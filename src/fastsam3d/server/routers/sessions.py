@@ -13,13 +13,14 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from ...data.formats import SINGLE_FILE_SUFFIXES
 from ...data.io import read_volume
 from ...data.volume import Volume, VolumeError
 from .. import routes
 from ..deps import AUTH, IMAGE_SUFFIXES, Server, ServerState, check_size, inside
 from ..encoding import display_image, nifti_gz
 
-UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+UPLOAD_SUFFIXES = SINGLE_FILE_SUFFIXES
 
 router = APIRouter(dependencies=AUTH)
 
