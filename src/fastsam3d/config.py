@@ -304,13 +304,43 @@ class DecoderConfig:
         return self.transformer_dim // 4, self.transformer_dim // 8
 
 
+Normalization = Literal["zscore_positive", "none"]
+"""``zscore_positive``: subtract the mean and divide by the standard deviation of the region's
+voxels > 0 (upstream's ``ZNormalization(x > 0)``); ``none``: the image is already normalised."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputConfig:
+    """The model's input contract: what its weights were trained to see and how its output
+    reads. Sessions, training and evaluation take the frame and the threshold from here (the
+    region size is the encoder's ``img_size``, the prompting mode ``prompt.prompting``).
+
+    Attributes:
+        spacing: isotropic voxel size of the region in mm (1.5 for every released model).
+        normalization: intensity normalisation of the region.
+        mask_threshold: a voxel is foreground where the upsampled logit exceeds this (0:
+            sigmoid > 0.5, as upstream reads its masks).
+    """
+
+    spacing: float = 1.5
+    normalization: Normalization = "zscore_positive"
+    mask_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.spacing > 0:
+            raise InputError(f"input.spacing must be positive (mm), got {self.spacing}")
+        _check_choice("input.normalization", self.normalization, Normalization)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """A whole promptable model: image encoder + prompt encoder + mask decoder."""
+    """A whole promptable model: image encoder + prompt encoder + mask decoder, and the input
+    contract of its weights."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     prompt: PromptEncoderConfig = field(default_factory=PromptEncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    input: InputConfig = field(default_factory=InputConfig)
 
     def __post_init__(self) -> None:
         if self.encoder.out_chans != self.prompt.embed_dim:
@@ -466,6 +496,7 @@ _SUBCONFIGS: dict[tuple[type, str], type] = {
     (ModelConfig, "encoder"): EncoderConfig,
     (ModelConfig, "prompt"): PromptEncoderConfig,
     (ModelConfig, "decoder"): DecoderConfig,
+    (ModelConfig, "input"): InputConfig,
     (EncoderConfig, "sparse"): SparseAttentionConfig,
     (DecoderConfig, "sparse"): SparseAttentionConfig,
 }

@@ -7,23 +7,26 @@ modeling layer takes this type instead of a concrete class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from .config import ModelConfig
+from .config import InputConfig, ModelConfig
 
 
 class RegionSizes(Protocol):
-    """The model frame's sizes: a region of ``image_size^3`` voxels, logits of
-    ``low_res_size^3``."""
+    """The model frame: a region of ``image_size^3`` voxels, logits of ``low_res_size^3``, and
+    the input contract (spacing, normalisation, threshold)."""
 
     @property
     def image_size(self) -> int: ...
 
     @property
     def low_res_size(self) -> int: ...
+
+    @property
+    def input(self) -> InputConfig: ...
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class RegionFrame:
 
     image_size: int = 128
     low_res_size: int = 32
+    input: InputConfig = field(default_factory=InputConfig)
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import DecoderConfig, EncoderConfig, ModelConfig, PromptEncoderConfig
+from .config import DecoderConfig, EncoderConfig, InputConfig, ModelConfig, PromptEncoderConfig
 from .errors import InputError
 
 
@@ -38,6 +38,12 @@ class ModelSpec:
     weights: str | None = None
     weights_sha256: str | None = None
     trained_on: tuple[str, ...] = ()
+
+    @property
+    def input(self) -> InputConfig:
+        """The input contract of the entry's weights (region spacing, normalisation, mask
+        threshold; the region size is ``config.image_size``, prompting ``config.prompt``)."""
+        return self.config.input
 
     def bundled_weights(self) -> Path | None:
         """Path of the bundled weights (``None`` when the entry has none)."""

@@ -18,16 +18,15 @@ mappings use separable 1-D interpolation (an order of magnitude faster than ``gr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import Normalization
+from ..contract import RegionSizes
 from ..errors import InputError
 from .volume import Volume
-
-Normalization = Literal["zscore_positive", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +44,11 @@ class FrameSpec:
     size: int = 128
     spacing: float = 1.5
     normalization: Normalization = "zscore_positive"
+
+    @classmethod
+    def for_model(cls, cfg: RegionSizes) -> FrameSpec:
+        """The frame a model's weights expect: its input size, spacing and normalisation."""
+        return cls(cfg.image_size, cfg.input.spacing, cfg.input.normalization)
 
     def __post_init__(self) -> None:
         if self.size < 2 or self.spacing <= 0:

@@ -71,7 +71,7 @@ def image_dependence(
             "(EncoderConfig.feature_channels); this one has none: use replace='all'"
         )
     vit_channels = model.cfg.prompt.embed_dim
-    frame = frame or FrameSpec(size=model.cfg.image_size)
+    frame = frame or FrameSpec.for_model(model.cfg)
     size, low = frame.size, model.cfg.low_res_size
     device, dtype = model.device, model.dtype
     rng = np.random.default_rng(seed)

@@ -113,7 +113,7 @@ def run_paper(
             points = torch.tensor([[c for c, _ in sent]], dtype=torch.float32, device=device)
             labels = torch.tensor([[int(p) for _, p in sent]], device=device)
             logits, _ = model.decode(embedding, points, labels, mask_logits=logits)
-            pred = (_upsample(logits, size) > 0).cpu().numpy()
+            pred = (_upsample(logits, size) > model.cfg.input.mask_threshold).cpu().numpy()
             elapsed = 1e3 * (time.perf_counter() - t0)
             records.append(
                 ClickRecord(

@@ -190,7 +190,7 @@ def evaluate(
         targets = load_targets(case, volume)
         voxel_mm3 = float(np.prod(volume.spacing))
         for method in methods:
-            frame = FrameSpec(size=method.model.cfg.image_size)
+            frame = FrameSpec.for_model(method.model.cfg)
             for structure, gt in targets:
                 if config.structures is not None and structure.name not in config.structures:
                     continue

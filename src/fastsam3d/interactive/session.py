@@ -154,7 +154,7 @@ class Session:
 
             model = prepare(model, runtime)
         self.model = model
-        self.frame = frame or FrameSpec(size=model.cfg.image_size)
+        self.frame = frame or FrameSpec.for_model(model.cfg)
         if self.frame.size != model.cfg.image_size:
             raise InputError(
                 f"frame size {self.frame.size} differs from the model input {model.cfg.image_size}"
@@ -341,10 +341,11 @@ class Session:
         box, values, inside = roi_values_to_volume(logits[0, 0].cpu(), roi, volume)
         assert self._mask is not None
         previous_block = self._mask[box].copy()
+        foreground = values.numpy() > self.model.cfg.input.mask_threshold
         if inside is None:  # every voxel of the box lies in the ROI
-            self._mask[box] = values.numpy() > 0
+            self._mask[box] = foreground
         else:
-            self._mask[box] = np.where(inside.numpy(), values.numpy() > 0, previous_block)
+            self._mask[box] = np.where(inside.numpy(), foreground, previous_block)
         self._history.append(
             _Step(
                 len(self._pending),

@@ -189,10 +189,10 @@ class InteractiveConfig:
 
     click_iterations: int = 11
     simulator: str = "random"
-    prompt_points: Literal["all", "newest"] = "all"
+    prompt_points: Literal["auto", "all", "newest"] = "auto"
     """Points decoded each iteration: every click so far (SAM-Med3D's training) or only the
-    newest, with the previous logits carrying the rest (how ``Session`` and the evaluation
-    prompt networks by default)."""
+    newest, with the previous logits carrying the rest; ``auto``: the model's own prompting
+    (``ModelConfig.prompt.prompting``), which ``Session`` and the evaluation use too."""
     mask_only_iterations: int = 1
     """Iterations (at random positions after the first, plus the last) that add no click and
     only feed the previous logits back."""

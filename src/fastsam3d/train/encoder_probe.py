@@ -109,7 +109,7 @@ def _region(model: Sam3D, sample_name: str, structure: str) -> torch.Tensor:
     voxels = np.argwhere(labels == label_value(found.label_set, structure))
     if not len(voxels):
         raise InputError(f"{structure!r} has no voxels in sample {sample_name!r}")
-    frame = FrameSpec(size=model.cfg.image_size)
+    frame = FrameSpec.for_model(model.cfg)
     roi = roi_around(volume, voxels.mean(axis=0), frame)
     return normalize_roi(resample_to_roi(volume, roi), frame.normalization)[None, None].float()
 

@@ -111,7 +111,7 @@ class Trainer:
             self._build_train()
         else:
             self._build_distill()
-        frame = FrameSpec(size=self.model.cfg.image_size)
+        frame = FrameSpec.for_model(self.model.cfg)
         cases = load_cases(
             config.data.root,
             config.data.layout,
@@ -306,7 +306,8 @@ class Trainer:
         tokens, embedding = self._teacher_features(image, indices)
         teacher_logits, prompt = None, None
         if stage == 2 and d.mask_weight > 0:
-            prompt = first_click_prompt(target, self.config.run.seed, indices)
+            spacing = self.teacher.cfg.input.spacing
+            prompt = first_click_prompt(target, self.config.run.seed, indices, spacing)
             with torch.no_grad():
                 teacher_logits, _ = self.teacher.decode(embedding, *prompt)
         with self._autocast():

@@ -191,7 +191,9 @@ class InteractiveStep(nn.Module):
         target = self.loss_targets(target)
         grid = target.shape[-1]
         factor = size / grid  # model-input voxels per loss cell
-        spacing = (1.5 * factor,) * 3
+        spacing = (model.cfg.input.spacing * factor,) * 3  # mm per loss cell
+        mode = cfg.prompt_points if cfg.prompt_points != "auto" else model.cfg.prompt.prompting
+        newest_only = mode == "newest"
         per_region = target.shape[1]
         encoder_trains = any(p.requires_grad for p in model.image_encoder.parameters())
         with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
@@ -237,7 +239,7 @@ class InteractiveStep(nn.Module):
                     labels[s].append(positive)
             pts = torch.tensor(points, dtype=torch.float32, device=image.device)
             lab = torch.tensor(labels, device=image.device)
-            if cfg.prompt_points == "newest":
+            if newest_only:
                 pts, lab = pts[:, -1:], lab[:, -1:]
             with torch.set_grad_enabled(it >= free and torch.is_grad_enabled()):
                 logits, _ = model.decode(embedding, pts, lab, mask_logits=logits_prev)
@@ -327,15 +329,16 @@ def _linear(n_in: int, n_out: int, generator: torch.Generator) -> nn.Linear:
 
 
 def first_click_prompt(
-    target: torch.Tensor, seed: int, indices: torch.Tensor
+    target: torch.Tensor, seed: int, indices: torch.Tensor, spacing: float = 1.5
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A positive click at the centre of each target (the mask-logit distillation prompt)."""
+    """A positive click at the centre of each target (the mask-logit distillation prompt);
+    ``spacing``: mm per voxel of ``target`` (the model frame's)."""
     clicker = CenterClicker()
     points = []
     for s, index in enumerate(indices):
         truth = (target[s, 0] > 0.5).cpu().numpy()
         click = clicker.next_click(
-            np.zeros_like(truth), truth, sample_rng(seed, int(index), 2), (1.5,) * 3, 0
+            np.zeros_like(truth), truth, sample_rng(seed, int(index), 2), (spacing,) * 3, 0
         )
         points.append([list(click.index) if click is not None else [0, 0, 0]])
     pts = torch.tensor(points, dtype=torch.float32, device=target.device)
