@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..eval.clicks import EVAL_SIMULATORS
 from ..eval.datasets import LAYOUTS
+from ..files import atomic_output
 from .common import apply_threads, compute_parent, load_for_command, model_parent, prepared
 
 
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         results, timings = merge(out)
         rows = read_rows(results)
         summary = summary_markdown(rows, config.clicks, read_rows(timings))
-        (out / "summary.md").write_text(summary)
+        with atomic_output(out / "summary.md") as tmp:
+            tmp.write_text(summary)
         title = f"{args.layout}: {config.protocol} protocol, {config.simulator} clicks"
         plot = plot_curves(rows, out / "dice_vs_clicks.png", title) if rows else None
         print(summary)
