@@ -18,7 +18,7 @@ LAYERS = {
     "registry": 2,
     "samples": 2,
     "contract": 2,
-    "sam2d": 2,
+    "sam2d": 4,
     "data": 3,
     "checkpoint": 3,
     "runtime": 3,
