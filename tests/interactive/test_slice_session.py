@@ -396,3 +396,23 @@ def test_bad_input_names_the_value() -> None:
         SliceSession(object())  # type: ignore[arg-type]
     with pytest.raises(InputError, match="window width must be positive"):
         SliceIntensity(window=(40, 0))
+
+
+@pytest.mark.parametrize("name", ["sam-med2d", "mobilesam"])
+def test_real_2d_architectures_run_slice_by_slice(name: str) -> None:
+    """The 2D baselines (random weights) behind ``SliceSession``: one encode per prompted
+    slice, a mask only on that slice, clicks counted."""
+    from fastsam3d.sam2d import load_model_2d
+
+    model = load_model_2d(name, random_weights=True)
+    rng = np.random.default_rng(0)
+    volume = Volume(rng.normal(0, 100, (60, 50, 8)).astype(np.float32), np.eye(4))
+    session = SliceSession(model)
+    session.set_image(volume)
+    session.add_click((30, 25, 4), True)
+    session.add_click((10, 10, 4), False)
+    assert session.encodes == 1
+    assert session.total_clicks == 2
+    mask = session.mask
+    assert mask.shape == volume.shape
+    assert not mask[:, :, [0, 1, 2, 3, 5, 6, 7]].any()
