@@ -22,14 +22,18 @@ RANDOM = "random"
 """``--checkpoint random``: random weights, only when asked for (tests, benchmarks)."""
 
 
-def model_parent(*, repeatable: bool = False) -> argparse.ArgumentParser:
+def model_parent(*, repeatable: bool = False, with_2d: bool = False) -> argparse.ArgumentParser:
     """``--model NAME`` and ``--checkpoint FILE [FILE ...] | random``.
 
     ``repeatable``: several models (``eval``): each ``--model`` pairs with the ``--checkpoint``
-    of the same position. Otherwise one model, default the bundled one.
+    of the same position. Otherwise one model, default the bundled one. ``with_2d``: the 2D
+    baselines' names (:data:`~fastsam3d.sam2d.MODELS_2D`) are choices too (``eval``).
     """
+    from ..sam2d.registry import MODELS_2D
+
     parent = argparse.ArgumentParser(add_help=False)
     names = [*list_models()] + (["from-checkpoint"] if repeatable else [])
+    names += list(MODELS_2D) if with_2d else []
     parent.add_argument(
         "--model",
         action="append" if repeatable else "store",
@@ -38,6 +42,7 @@ def model_parent(*, repeatable: bool = False) -> argparse.ArgumentParser:
         metavar="NAME",
         help="registry name (fastsam3d models)"
         + ("; from-checkpoint: the architecture the file names; repeatable" if repeatable else "")
+        + (f"; 2D baselines, slice by slice: {', '.join(MODELS_2D)}" if with_2d else "")
         + f" (default {DEFAULT_MODEL}, whose weights are bundled)" * (not repeatable),
     )
     parent.add_argument(
@@ -116,6 +121,27 @@ def load_for_command(
     if files is not None:
         label += f" ({', '.join(Path(f).name for f in files)})"
     return model, label
+
+
+def load_2d_for_command(name: str, files: list[str], args: argparse.Namespace) -> tuple[Any, str]:
+    """A 2D baseline and a label for it: ``files`` ``["random"]`` = random weights from
+    ``--seed``, else one checkpoint file. 2D models run on torch only (``--runtime`` ``auto``
+    means torch)."""
+    from ..sam2d import load_model_2d
+
+    if getattr(args, "runtime", "auto") not in ("auto", "torch"):
+        raise InputError(
+            f"2D model {name!r} runs on torch only; drop --runtime {args.runtime} "
+            "or use --runtime torch"
+        )
+    if len(files) != 1:
+        raise InputError(f"2D model {name!r} takes one checkpoint file or 'random', got {files}")
+    device = resolve_device(args.device)
+    if files == [RANDOM]:
+        model = load_model_2d(name, random_weights=True, device=device, seed=args.seed)
+        return model, f"{name} (random weights)"
+    model = load_model_2d(name, files[0], device=device)
+    return model, f"{name} ({Path(files[0]).name})"
 
 
 def prepared(model: Sam3D, args: argparse.Namespace) -> tuple[PromptableModel, str]:

@@ -11,7 +11,22 @@ from ..errors import InputError
 from ..eval.clicks import EVAL_SIMULATORS
 from ..eval.datasets import LAYOUTS
 from ..files import atomic_output
-from .common import apply_threads, compute_parent, load_for_command, model_parent, prepared
+from .common import (
+    apply_threads,
+    compute_parent,
+    load_2d_for_command,
+    load_for_command,
+    model_parent,
+    prepared,
+)
+
+PROTOCOL_HELP = (
+    "3D models: paper = upstream's ground-truth-centred crop, realistic = a session whose "
+    "region follows the clicks. 2D models (slice by slice): paper = n clicks on every slice "
+    "containing the object, Dice@n after n clicks per slice (results.csv total_clicks: n x "
+    "those slices); realistic = clicks one at a time on the slice with the most wrong voxels, "
+    "Dice@n after n clicks in total"
+)
 
 
 def parse_clicks(text: str) -> tuple[int, ...]:
@@ -28,13 +43,15 @@ def parse_clicks(text: str) -> tuple[int, ...]:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "eval",
-        parents=[model_parent(repeatable=True), compute_parent()],
+        parents=[model_parent(repeatable=True, with_2d=True), compute_parent()],
         help="interactive evaluation: simulated clicks, Dice per click, Table-2 style summary",
         description="Evaluate models (and a model-free random-walker baseline) on a dataset with "
         "simulated clicks. Writes OUT/results.csv (per case, structure, method, click), "
         "timings.csv, summary.md and dice_vs_clicks.png; resumes where an earlier run stopped. "
         "Run under `torchrun --nproc_per_node N -m fastsam3d.cli eval ...` to split the cases "
-        "over N processes. Use --runtime torch for the fp32 reference numbers.",
+        "over N processes. Use --runtime torch for the fp32 reference numbers. The 2D "
+        "baselines (sam-vit-b, medsam, mobilesam, tinysam, sam-med2d) run slice by slice "
+        "(axial, torch only); see --protocol.",
     )
     p.add_argument("data", help="dataset folder, a .csv/.json manifest, or sample names (ct,mr)")
     p.add_argument(
@@ -45,7 +62,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the random-walker baseline")
     p.add_argument("--clicks", type=parse_clicks, default=(1, 3, 5, 10), help="e.g. 1,3,5,10")
-    p.add_argument("--protocol", choices=("paper", "realistic"), default="realistic")
+    p.add_argument(
+        "--protocol", choices=("paper", "realistic"), default="realistic", help=PROTOCOL_HELP
+    )
     p.add_argument("--simulator", choices=EVAL_SIMULATORS, default="center")
     p.add_argument(
         "--logit-quirk",
@@ -63,9 +82,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _methods(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
-    """One :class:`~fastsam3d.eval.protocols.Method` per ``--model`` and the baseline."""
+    """One :class:`~fastsam3d.eval.protocols.Method` per 3D ``--model``, a
+    :class:`~fastsam3d.eval.slicewise.SliceMethod` per 2D one, and the baseline."""
     from ..eval.baseline import RandomWalkerBaseline
     from ..eval.protocols import Method
+    from ..eval.slicewise import SliceMethod
+    from ..sam2d.registry import MODELS_2D
 
     models, ckpts = args.model or [], args.checkpoint or []
     if len(models) != len(ckpts):
@@ -75,8 +97,12 @@ def _methods(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
         )
     if not models and args.no_baseline:
         raise InputError("nothing to evaluate: give --model/--checkpoint or keep the baseline")
-    methods = []
+    methods: list[Method | SliceMethod] = []
     for name, files in zip(models, ckpts, strict=True):
+        if name in MODELS_2D:
+            model_2d, label = load_2d_for_command(name, files, args)
+            methods.append(SliceMethod(label, model_2d))
+            continue
         arch = None if name == "from-checkpoint" else name
         model, label = load_for_command(arch, files, args.device, seed=args.seed)
         runner, runtime = prepared(model, args)
@@ -84,8 +110,9 @@ def _methods(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
             label += f" [{runtime}]"
         methods.append(Method(label, runner))
     if not args.no_baseline:
-        size = methods[0].model.cfg.image_size if methods else 128
-        low = methods[0].model.cfg.low_res_size if methods else 32
+        first = next((m.model.cfg for m in methods if isinstance(m, Method)), None)
+        size = first.image_size if first is not None else 128
+        low = first.low_res_size if first is not None else 32
         methods.append(Method("random walker (no network)", RandomWalkerBaseline(size, low), "all"))
     labels = [m.name for m in methods]
     if len(set(labels)) != len(labels):
@@ -98,7 +125,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..eval.datasets import load_cases
-    from ..eval.report import plot_curves, read_rows, summary_markdown
+    from ..eval.report import (
+        plot_curves,
+        plot_total_clicks,
+        read_rows,
+        summary_markdown,
+        total_clicks_differ,
+    )
     from ..eval.runner import EvalConfig, distributed_context, evaluate, merge
 
     config = EvalConfig(
@@ -137,8 +170,13 @@ def run(args: argparse.Namespace) -> int:
             tmp.write_text(summary)
         title = f"{args.layout}: {config.protocol} protocol, {config.simulator} clicks"
         plot = plot_curves(rows, out / "dice_vs_clicks.png", title) if rows else None
+        plots = [plot] if plot else []
+        if total_clicks_differ(rows):
+            plots.append(plot_total_clicks(rows, out / "dice_vs_total_clicks.png", title))
         print(summary)
-        print(f"wrote {results}, {timings}, {out / 'summary.md'}" + (f", {plot}" if plot else ""))
+        print(
+            f"wrote {results}, {timings}, {out / 'summary.md'}" + "".join(f", {p}" for p in plots)
+        )
     if initialised:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -176,6 +176,40 @@ class MixedClicker:
         return chosen.next_click(pred, gt, rng, spacing, step)
 
 
+IN_PLANE_ONLY = 1e6
+"""Through-plane spacing (mm) given to a one-slice slab: far beyond any in-plane distance, so the
+distance transforms measure in-plane distances only."""
+
+
+def next_click_on_slice(
+    simulator: ClickSimulator,
+    pred: np.ndarray,
+    gt: np.ndarray,
+    rng: np.random.Generator,
+    spacing: Sequence[float],
+    step: int,
+    axis: int,
+    slice_index: int,
+) -> SimulatedClick | None:
+    """``simulator``'s click on one slice of ``(I, J, K)`` masks, from that slice's 2D error only.
+
+    The slice is handed to the 3D simulator as a one-voxel slab whose through-plane spacing is
+    :data:`IN_PLANE_ONLY`, so the same rules (centre of the largest error, upstream's core, ...)
+    apply to the slice's in-plane geometry. Returns the click's ``(i, j, k)`` in the volume.
+    """
+    pick = [slice(None)] * 3
+    pick[axis] = slice(slice_index, slice_index + 1)
+    plane = tuple(pick)
+    flat = [float(v) for v in spacing]
+    flat[axis] = IN_PLANE_ONLY
+    click = simulator.next_click(pred[plane], gt[plane], rng, flat, step)
+    if click is None:
+        return None
+    index = list(click.index)
+    index[axis] = slice_index
+    return SimulatedClick((index[0], index[1], index[2]), click.positive)
+
+
 EVAL_SIMULATORS = ("upstream", "center", "random")
 """Click simulators an evaluation can use (training adds ``"mixed"``)."""
 

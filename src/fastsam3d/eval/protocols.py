@@ -55,7 +55,8 @@ class Method:
 class ClickRecord:
     """The state after one click. ``index`` is on the evaluation grid (the crop for ``paper``,
     the original volume for ``realistic``); ``None`` when the simulator found no error left
-    (the mask is then kept as it was)."""
+    (the mask is then kept as it was, and for the 2D paper protocol, whose step clicks on
+    many slices). ``total_clicks``: clicks a person made so far (``None``: ``click``)."""
 
     click: int
     index: tuple[int, int, int] | None
@@ -64,6 +65,7 @@ class ClickRecord:
     nsd: float
     time_ms: float
     new_region: bool
+    total_clicks: int | None = None
 
 
 def _upsample(logits: torch.Tensor, size: int) -> torch.Tensor:

@@ -4,6 +4,10 @@ Per task (case x structure x method) the Dice "at k clicks" is the value after t
 upstream's reported number is the *best* Dice over the first k clicks (docs/upstream.md U7), shown
 as "max<=k" for the paper protocol. Means are over tasks (``nan`` values, from both masks empty,
 are ignored).
+
+2D baselines (rows with ``dims`` ``2d``, :mod:`fastsam3d.eval.slicewise`) get a note saying which
+2D protocol ran and, where clicks per slice differ from the clicks a person made, a table and
+a plot of Dice against ``total_clicks``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,48 @@ def curves(rows: Sequence[Row], metric: str = "dice") -> dict[str, tuple[np.ndar
     return out
 
 
+PROTOCOLS_2D = {
+    "paper": "2D methods (slice by slice): **paper** protocol, as FastSAM3D's 2D rows: n clicks "
+    "on every slice that contains the object (each from that slice's own 2D error); Dice@n is "
+    "the stacked volume's after n clicks per slice, so a person would make n x (slices "
+    "containing the object) clicks (`total_clicks` in results.csv, table below).",
+    "realistic": "2D methods (slice by slice): **realistic** protocol: every click a person "
+    "makes counts; each click goes on the slice with the most wrong voxels (the simulator's "
+    "rule on that slice's 2D error); Dice@n is after n clicks in total, as for 3D methods.",
+}
+
+
+def _total_clicks(row: Row) -> int:
+    return int(row.get("total_clicks") or row["click"])
+
+
+def total_clicks_differ(rows: Sequence[Row]) -> bool:
+    """Whether some row's clicks a person made differ from its click count (2D paper rows)."""
+    return any(_total_clicks(r) != int(r["click"]) for r in rows)
+
+
+def _total_clicks_lines(rows: Sequence[Row], clicks: Sequence[int]) -> list[str]:
+    """A note on the 2D protocol and, where they differ from clicks, mean total clicks."""
+    if not any(r.get("dims") == "2d" for r in rows):
+        return []
+    lines = ["", PROTOCOLS_2D.get(rows[0]["protocol"], ""), ""]
+    if not total_clicks_differ(rows):
+        return lines
+    lines += [
+        "| method | " + " | ".join(f"total clicks@{k}" for k in clicks) + " |",
+        "|---|" + "---:|" * len(clicks),
+    ]
+    for method in sorted({r["method"] for r in rows}):
+        cells = []
+        for k in clicks:
+            totals = [
+                _total_clicks(r) for r in rows if r["method"] == method and r["click"] == str(k)
+            ]
+            cells.append(f"{statistics.mean(totals):.1f}" if totals else "n/a")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summary_markdown(
     rows: Sequence[Row], clicks: Sequence[int], timing_rows: Sequence[Row] = ()
 ) -> str:
@@ -90,6 +136,7 @@ def summary_markdown(
         else:
             cells += [_cell(_mean([nsd_tasks[t][k - 1] for t in keys])) for k in clicks]
         lines.append(f"| {dataset} | {method} | {len(keys)} | " + " | ".join(cells) + " |")
+    lines += _total_clicks_lines(rows, clicks)
 
     methods = sorted({key[1] for key in dice_tasks})
     structures = sorted({key[3] for key in dice_tasks})
@@ -138,6 +185,36 @@ def plot_curves(rows: Sequence[Row], path: Path, title: str = "") -> Path:
         ax.plot(x, mean, marker="o", label=method)
         ax.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.15)
     ax.set_xlabel("clicks")
+    ax.set_ylabel("Dice (mean over structures)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+    return path
+
+
+def plot_total_clicks(rows: Sequence[Row], path: Path, title: str = "") -> Path:
+    """Mean Dice against the mean clicks a person made in total, one line per method (2D and 3D
+    side by side; logarithmic click axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method]
+        steps = sorted({int(r["click"]) for r in mine})
+        x = [_mean([_total_clicks(r) for r in mine if int(r["click"]) == k]) for k in steps]
+        y = [_mean([float(r["dice"]) for r in mine if int(r["click"]) == k]) for k in steps]
+        ax.plot(x, y, marker="o", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("clicks a person makes in total (mean over structures)")
     ax.set_ylabel("Dice (mean over structures)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

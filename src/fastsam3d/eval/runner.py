@@ -9,6 +9,10 @@ shared folder) and merges them into ``results.csv`` (deterministic: no timings i
 ``timings.csv``, ``summary.md`` and ``dice_vs_clicks.png``. The clicks of a task depend only on
 the seed, the case and the structure (not on the process or the method), so every method gets
 the same first click and the merged results do not depend on how the work was split.
+
+2D models (:class:`~fastsam3d.eval.slicewise.SliceMethod`) run slice by slice under the 2D
+protocol ``protocol`` maps to (:mod:`fastsam3d.eval.slicewise`); their rows say ``dims`` ``2d``.
+``total_clicks`` is the clicks a person made (3D rows: ``click``).
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from ..data.io import read_volume
 from ..data.volume import Volume
 from ..errors import InputError
 from ..files import atomic_output
-from .clicks import make_simulator
+from .clicks import ClickSimulator, make_simulator
 from .datasets import Case, Structure
 from .protocols import ClickRecord, Method, Protocol, run_paper, run_realistic
+from .slicewise import SliceMethod, run_slices
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,9 @@ RESULT_FIELDS = (
     "protocol",
     "simulator",
     "seed",
+    "dims",
     "click",
+    "total_clicks",
     "positive",
     "i",
     "j",
@@ -152,9 +159,29 @@ def load_targets(case: Case, volume: Volume) -> list[tuple[Structure, np.ndarray
     return targets
 
 
+def _run_task(
+    method: Method | SliceMethod,
+    config: EvalConfig,
+    volume: Volume,
+    gt: np.ndarray,
+    simulator: ClickSimulator,
+    rng: np.random.Generator,
+) -> list[ClickRecord]:
+    """One method on one structure under the configured protocol (2D or 3D)."""
+    n = config.n_clicks
+    if isinstance(method, SliceMethod):
+        return run_slices(
+            method, config.protocol, volume, gt, simulator, n, rng, config.tolerance_mm
+        )
+    frame = FrameSpec.for_model(method.model.cfg)
+    if config.protocol == "paper":
+        return run_paper(method, volume, gt, simulator, n, rng, frame)
+    return run_realistic(method, volume, gt, simulator, n, rng, frame, config.tolerance_mm)
+
+
 def evaluate(
     cases: Sequence[Case],
-    methods: Sequence[Method],
+    methods: Sequence[Method | SliceMethod],
     config: EvalConfig,
     out_dir: Path,
     *,
@@ -190,7 +217,6 @@ def evaluate(
         targets = load_targets(case, volume)
         voxel_mm3 = float(np.prod(volume.spacing))
         for method in methods:
-            frame = FrameSpec.for_model(method.model.cfg)
             for structure, gt in targets:
                 if config.structures is not None and structure.name not in config.structures:
                     continue
@@ -204,9 +230,7 @@ def evaluate(
                     (parts / f"{name}.skipped").write_text(f"{size} < {config.min_volume_mm3}\n")
                     continue
                 rng = task_rng(config.seed, case.case_id, structure.name)
-                run = run_paper if config.protocol == "paper" else run_realistic
-                kwargs = {} if config.protocol == "paper" else {"tolerance_mm": config.tolerance_mm}
-                records = run(method, volume, gt, simulator, config.n_clicks, rng, frame, **kwargs)
+                records = _run_task(method, config, volume, gt, simulator, rng)
                 _write_task(
                     parts, name, case, structure, method, config, records, gt_voxels, voxel_mm3
                 )
@@ -243,7 +267,7 @@ def _write_task(
     name: str,
     case: Case,
     structure: Structure,
-    method: Method,
+    method: Method | SliceMethod,
     config: EvalConfig,
     records: list[ClickRecord],
     gt_voxels: int,
@@ -258,6 +282,7 @@ def _write_task(
         "protocol": config.protocol,
         "simulator": config.simulator + ("+quirk" if config.logit_quirk else ""),
         "seed": config.seed,
+        "dims": "2d" if isinstance(method, SliceMethod) else "3d",
         "gt_voxels": gt_voxels,
         "gt_mm3": _fmt(gt_voxels * voxel_mm3),
     }
@@ -268,6 +293,7 @@ def _write_task(
             {
                 **base,
                 "click": r.click,
+                "total_clicks": r.click if r.total_clicks is None else r.total_clicks,
                 "positive": "" if r.positive is None else int(r.positive),
                 "i": i,
                 "j": j,
