@@ -174,15 +174,30 @@ def benchmark_encoders(
     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
     decoder: bool = True,
     accuracy: bool = True,
+    extra_calls: dict[str, Callable[[], object]] | None = None,
+    max_retries: int = 3,
 ) -> dict[str, Any]:
     """Time encoder (and decoder) of each candidate round-robin; see the module docstring.
 
-    Runs with ``torch.set_num_threads(threads)`` and restores the previous count afterwards.
+    ``extra_calls`` (other models' work, e.g. the 2D baselines) join the same round-robin; their
+    statistics come back under ``report["extra"]``. ``max_retries``: see
+    :func:`fastsam3d.bench.timing.round_robin`. Runs with ``torch.set_num_threads(threads)``
+    and restores the previous count afterwards.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _benchmark(candidates, rounds, warmup, threads, progress, decoder, accuracy)
+        return _benchmark(
+            candidates,
+            rounds,
+            warmup,
+            threads,
+            progress,
+            decoder,
+            accuracy,
+            extra_calls or {},
+            max_retries,
+        )
     finally:
         torch.set_num_threads(previous)
 
@@ -195,6 +210,8 @@ def _benchmark(
     progress: Callable[[Iterable[int]], Iterable[int]] | None,
     decoder: bool,
     accuracy: bool,
+    extra_calls: dict[str, Callable[[], object]],
+    max_retries: int,
 ) -> dict[str, Any]:
     models = {c.label: c.load(threads) for c in candidates}
     devices = {c.label: torch.device(c.device) for c in candidates}
@@ -215,7 +232,9 @@ def _benchmark(
             prev = torch.randn(1, 1, low, low, low, generator=gen).to(devices[label])
             calls[f"{label}|decoder"] = _decoder_call(model, embedding, point, prev, None)
             calls[f"{label}|decoder+upsample"] = _decoder_call(model, embedding, point, prev, size)
-    stats: dict[str, TimingStats] = round_robin(calls, rounds, warmup, progress=progress)
+    stats: dict[str, TimingStats] = round_robin(
+        {**calls, **extra_calls}, rounds, warmup, max_retries=max_retries, progress=progress
+    )
     reference = _accuracy_reference(candidates) if accuracy else {}
     results = {}
     for c in candidates:
@@ -260,7 +279,9 @@ def _benchmark(
         "machine": machine_info(threads),
         "rounds": rounds,
         "warmup": warmup,
+        "max_retries": max_retries,
         "results": results,
+        "extra": {name: stats[name].to_dict() for name in extra_calls},
     }
 
 
@@ -343,8 +364,8 @@ def peak_memory_mb(candidate: Candidate, threads: int = 2) -> float:
     """Peak resident memory (MB) of a fresh process that loads the candidate and runs one encode
     and one decode (``VmHWM`` of the new address space: ``ru_maxrss`` would report the parent's
     peak, which survives fork + exec; includes importing torch)."""
-    code = (
-        "import resource, torch, json, sys\n"
+    body = (
+        "import torch, json\n"
         "from fastsam3d.bench.encoders import Candidate\n"
         f"torch.set_num_threads({threads})\n"
         f"c = Candidate(**json.loads({json.dumps(json.dumps(candidate.__dict__))!s}))\n"
@@ -356,7 +377,17 @@ def peak_memory_mb(candidate: Candidate, threads: int = 2) -> float:
         "    m.decode(e, torch.full((1, 1, 3), s / 2, device=d),"
         " torch.ones(1, 1, dtype=torch.long, device=d),"
         " torch.zeros(1, 1, low, low, low, device=d))\n"
-        "if c.device.startswith('cuda'):\n"
+        "cuda = c.device.startswith('cuda')\n"
+    )
+    return memory_probe(body, candidate.label)
+
+
+def memory_probe(body: str, label: str) -> float:
+    """Run ``body`` in a fresh Python process and return its peak memory in MB: ``VmHWM`` of
+    the process, or the CUDA peak where ``body`` sets ``cuda = True``."""
+    code = (
+        body + "import resource, sys\n"
+        "if cuda:\n"
         "    print(torch.cuda.max_memory_allocated() / 2**20)\n"
         "    sys.exit()\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
@@ -365,7 +396,7 @@ def peak_memory_mb(candidate: Candidate, threads: int = 2) -> float:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"memory probe failed for {candidate.label}: {done.stderr[-500:]}")
+        raise RuntimeError(f"memory probe failed for {label}: {done.stderr[-500:]}")
     return float(done.stdout.strip().splitlines()[-1])
 
 

@@ -48,8 +48,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         f"{DEFAULT_BENCH_RUNTIMES}; session and serve: one, default auto)",
     )
     p.add_argument("--sample", default="ct", help="session: bundled sample (ct, ct_dicom, mr, ...)")
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=2,
+        help="models, 2D baselines: slices encoded per round (scaled x128 for a volume)",
+    )
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        help="models: repeat a sample taken under foreign CPU load up to this often (0: keep "
+        "every sample, with its load recorded, on a machine that is never idle)",
+    )
     p.add_argument(
         "--reference",
         action="store_true",
@@ -170,8 +183,11 @@ def _models(args: argparse.Namespace, runtimes: list[str]) -> dict[str, Any]:
         plot_latency,
     )
     from ..distributed import resolve_device
+    from ..sam2d.registry import MODELS_2D
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if any(n in MODELS_2D for n in names):
+        return _table3(args, names, runtimes)
     device, dtype = str(resolve_device(args.device)), args.dtype
     if device != "cpu":
         runtimes = ["torch"]  # the exported runtimes run on the CPU
@@ -191,6 +207,7 @@ def _models(args: argparse.Namespace, runtimes: list[str]) -> dict[str, Any]:
         progress=_bar("round-robin"),
         decoder=not args.no_decoder,
         accuracy=not args.no_accuracy,
+        max_retries=args.max_retries,
     )
     if args.memory:
         for c in tqdm(candidates, desc="peak memory (fresh processes)", file=sys.stderr):
@@ -198,4 +215,46 @@ def _models(args: argparse.Namespace, runtimes: list[str]) -> dict[str, Any]:
     print(markdown_table(report))
     if args.plot:
         print(f"wrote {plot_latency(report, args.plot)}")
+    return report
+
+
+def _table3(args: argparse.Namespace, names: list[str], runtimes: list[str]) -> dict[str, Any]:
+    """Table 3 with 2D rows (torch only; the other runtimes time the 3D rows)."""
+    from ..bench.encoders import Candidate, peak_memory_mb
+    from ..bench.table3 import Candidate2D, benchmark_table3, markdown_table3, peak_memory_mb_2d
+    from ..distributed import resolve_device
+    from ..sam2d.registry import MODELS_2D
+
+    device = str(resolve_device(args.device))
+    if args.slices < 1:
+        raise InputError(f"--slices must be at least 1, got {args.slices}")
+    if device != "cpu":
+        runtimes = ["torch"]
+    if [r for r in runtimes if r != "torch"]:
+        print("2D baselines run the torch runtime only; other --runtimes time the 3D rows only")
+    names_2d = [n for n in names if n in MODELS_2D]
+    candidates = [
+        Candidate(n, "sdpa", r, False, device, args.dtype)
+        for n in names
+        if n not in MODELS_2D
+        for r in runtimes
+    ]
+    candidates_2d = [Candidate2D(n, args.slices, device) for n in names_2d]
+    report = benchmark_table3(
+        candidates,
+        candidates_2d,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        threads=_threads(args),
+        progress=_bar("round-robin"),
+        accuracy=not args.no_accuracy,
+        max_retries=args.max_retries,
+    )
+    if args.memory:
+        rows = report["results"]
+        for c in tqdm(candidates, desc="peak memory 3D (fresh processes)", file=sys.stderr):
+            rows[c.label]["peak_memory_mb"] = peak_memory_mb(c, _threads(args))
+        for c2 in tqdm(candidates_2d, desc="peak memory 2D (fresh processes)", file=sys.stderr):
+            rows[c2.label]["peak_memory_mb"] = peak_memory_mb_2d(c2, _threads(args))
+    print(markdown_table3(report))
     return report
