@@ -167,8 +167,13 @@ def run_load_test(
     threads: int = 2,
     replay: bool = True,
     progress: Callable[[float], None] | None = None,
+    runtime: str = "torch",
 ) -> dict[str, Any]:
-    """Start a server, run ``sessions`` users for ``seconds``, stop it; return the report."""
+    """Start a server, run ``sessions`` users for ``seconds``, stop it; return the report.
+
+    ``runtime``: the server's ``--runtime``; the replay runs the same one in this process (with
+    ``torch``, the fp32 reference, replays are exact; other runtimes may differ by a few voxels
+    between processes with different thread pools)."""
     import httpx
 
     if sessions < 1 or seconds <= 0:
@@ -184,6 +189,7 @@ def run_load_test(
             [
                 *("--model", model, "--data-dir", str(image.parent), "--threads", str(threads)),
                 *(("--checkpoint", "random") if get_spec(model).weights is None else ()),
+                *("--runtime", runtime),
                 *("--recovery-dir", str(Path(tmp) / "recovery"), "--max-sessions", str(sessions)),
             ]
         ) as running,
@@ -224,7 +230,7 @@ def run_load_test(
                 labels[log.sid] = decode_compact(r.content, (i, j, k)).copy()
         health = httpx.get(url + routes.HEALTH, timeout=10).json()
 
-    replayed = _replay(image, model, logs, labels) if replay else {}
+    replayed = _replay(image, model, runtime, threads, logs, labels) if replay else {}
     latencies = np.array([v for log in logs for v in log.latencies_ms])
     rss_values = np.array([v for _, v in rss])
     return {
@@ -258,7 +264,12 @@ def run_load_test(
 
 
 def _replay(
-    image: Path, model: str, logs: list[UserLog], labels: dict[str, np.ndarray]
+    image: Path,
+    model: str,
+    runtime: str,
+    threads: int,
+    logs: list[UserLog],
+    labels: dict[str, np.ndarray],
 ) -> dict[str, int]:
     """Voxels where each session's label map differs from its surviving clicks replayed
     through a fresh in-process annotation."""
@@ -268,7 +279,7 @@ def _replay(
 
     volume = read_volume(image)
     net = load_model(model, random_weights=get_spec(model).weights is None)
-    runner = prepare(net, "auto")  # what the server runs (its --runtime default)
+    runner = prepare(net, runtime, threads=threads)  # what the server runs
     replayed: dict[str, int] = {}
     for log in logs:
         if not log.sid:

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     runtimes = _runtimes(args, interactive)
     apply_threads(args)
     if args.target == "serve":
-        report = _serve(args)
+        report = _serve(args, runtimes)
     elif args.target == "session":
         report = _session(args, runtimes)
     else:
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> dict[str, Any]:
+def _serve(args: argparse.Namespace, runtimes: list[str]) -> dict[str, Any]:
     from ..bench.encoders import machine_info
     from ..bench.serve_load import load_markdown, plot_load, run_load_test
 
@@ -146,6 +146,7 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
             model=model_name,
             threads=_threads(args),
             progress=advance,
+            runtime=runtimes[0] if runtimes else "torch",
         )
     machine = machine_info(_threads(args))
     report["machine"] = machine
