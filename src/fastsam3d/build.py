@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, PathLike, read_checkpoint
+from .checkpoint import CheckpointError, PathLike, read_checkpoint, state_dict_mismatch
 from .config import AttentionImpl, ModelConfig, SparseAttentionConfig
 from .distributed import process_device
 from .errors import InputError
@@ -207,24 +207,10 @@ def _same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
     """Raise :class:`CheckpointMismatchError` naming missing, unexpected and mis-shaped keys."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)}, model {expected[k]}"
-        for k in set(expected) & set(state)
-        if tuple(state[k].shape) != expected[k]
-    )
-    if not (missing or unexpected or misshaped):
+    problems = state_dict_mismatch(expected, state)
+    if not problems:
         return
-    lines = [f"checkpoint does not fit model {name!r}:"]
-    for title, keys in (
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("wrong shape", misshaped),
-    ):
-        if keys:
-            shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
-            lines.append(f"  {title} keys: {shown}")
+    lines = [f"checkpoint does not fit model {name!r}:", *problems]
     guesses = [n for n in matching_models(state) if n != name]
     if guesses:
         lines.append(f"  the checkpoint's shapes fit: {', '.join(guesses)}")

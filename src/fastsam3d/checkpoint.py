@@ -238,6 +238,35 @@ def _classify_state_dict(
     )
 
 
+def state_dict_mismatch(
+    expected: Mapping[str, tuple[int, ...]],
+    state: Mapping[str, torch.Tensor],
+    *,
+    optional_suffixes: tuple[str, ...] = (),
+    shown: int = 12,
+) -> list[str]:
+    """Lines naming the keys ``state`` misses, has in excess or has with another shape than
+    ``expected`` (key -> shape); empty when it fits. Expected keys ending in one of
+    ``optional_suffixes`` may be absent."""
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith(optional_suffixes))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)}, model {expected[k]}"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != expected[k]
+    )
+    lines = []
+    for title, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", misshaped),
+    ):
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > shown else ""
+            lines.append(f"  {title} keys: {', '.join(keys[:shown])}{more}")
+    return lines
+
+
 def read_checkpoint(
     paths: PathLike | Sequence[PathLike],
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:

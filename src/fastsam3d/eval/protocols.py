@@ -68,6 +68,25 @@ class ClickRecord:
     total_clicks: int | None = None
 
 
+def unchanged_record(
+    records: list[ClickRecord], step: int, nsd: float | None = None, total_clicks: int | None = None
+) -> ClickRecord:
+    """The record of a step where the simulator found no error left: the previous scores kept
+    (a perfect 1.0 before any click), no click, no time; ``nsd`` overrides the kept NSD."""
+    last = records[-1] if records else None
+    kept_nsd = (last.nsd if last else 1.0) if nsd is None else nsd
+    return ClickRecord(
+        step + 1,
+        None,
+        None,
+        last.dice if last else 1.0,
+        kept_nsd,
+        0.0,
+        False,
+        total_clicks=total_clicks,
+    )
+
+
 def _upsample(logits: torch.Tensor, size: int) -> torch.Tensor:
     """``(1, 1, L, L, L)`` logits -> ``(size, size, size)`` float32 (upstream's upsampling)."""
     return upsample_logits(logits.float(), size)[0, 0]
@@ -102,12 +121,7 @@ def run_paper(
             view = (_upsample(logits, size) > simulator.prediction_threshold).cpu().numpy()
             click = simulator.next_click(view, gt_crop, rng, spacing, step)
             if click is None:
-                last = records[-1] if records else None
-                records.append(
-                    ClickRecord(
-                        step + 1, None, None, last.dice if last else 1.0, math.nan, 0.0, False
-                    )
-                )
+                records.append(unchanged_record(records, step, nsd=math.nan))
                 continue
             clicks.append((click.index, click.positive))
             sent = clicks if prompting == "all" else clicks[-1:]
@@ -149,18 +163,7 @@ def run_realistic(
     for step in range(n_clicks):
         click = simulator.next_click(session.mask, gt, rng, volume.spacing, step)
         if click is None:
-            last = records[-1] if records else None
-            records.append(
-                ClickRecord(
-                    step + 1,
-                    None,
-                    None,
-                    last.dice if last else 1.0,
-                    last.nsd if last else 1.0,
-                    0.0,
-                    False,
-                )
-            )
+            records.append(unchanged_record(records, step))
             continue
         t0 = time.perf_counter()
         result = session.add_click(click.index, click.positive)

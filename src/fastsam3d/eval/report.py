@@ -17,6 +17,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -184,18 +185,7 @@ def plot_curves(rows: Sequence[Row], path: Path, title: str = "") -> Path:
         x = np.arange(1, len(mean) + 1)
         ax.plot(x, mean, marker="o", label=method)
         ax.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.15)
-    ax.set_xlabel("clicks")
-    ax.set_ylabel("Dice (mean over structures)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_output(path, suffix=".png") as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
-    return path
+    return _save_dice_plot(fig, ax, "clicks", path, title)
 
 
 def plot_total_clicks(rows: Sequence[Row], path: Path, title: str = "") -> Path:
@@ -214,7 +204,15 @@ def plot_total_clicks(rows: Sequence[Row], path: Path, title: str = "") -> Path:
         y = [_mean([float(r["dice"]) for r in mine if int(r["click"]) == k]) for k in steps]
         ax.plot(x, y, marker="o", label=method)
     ax.set_xscale("log")
-    ax.set_xlabel("clicks a person makes in total (mean over structures)")
+    xlabel = "clicks a person makes in total (mean over structures)"
+    return _save_dice_plot(fig, ax, xlabel, path, title)
+
+
+def _save_dice_plot(fig: Any, ax: Any, xlabel: str, path: Path, title: str) -> Path:
+    """Label a Dice-against-clicks figure, write it atomically as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Dice (mean over structures)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

@@ -31,7 +31,7 @@ from ..interactive.slices import SliceIntensity, SliceSession
 from ..sam2d.contract import PromptableModel2D
 from .clicks import ClickSimulator, next_click_on_slice
 from .metrics import dice, normalized_surface_dice
-from .protocols import ClickRecord, Protocol
+from .protocols import ClickRecord, Protocol, unchanged_record
 
 
 @dataclass(frozen=True)
@@ -131,19 +131,7 @@ def run_slices_realistic(
                 simulator, session.mask, gt, rng, volume.spacing, done, method.axis, s
             )
         if click is None:
-            last = records[-1] if records else None
-            records.append(
-                ClickRecord(
-                    step + 1,
-                    None,
-                    None,
-                    last.dice if last else 1.0,
-                    last.nsd if last else 1.0,
-                    0.0,
-                    False,
-                    total_clicks=session.total_clicks,
-                )
-            )
+            records.append(unchanged_record(records, step, total_clicks=session.total_clicks))
             continue
         t0 = time.perf_counter()
         result = session.add_click(click.index, click.positive)

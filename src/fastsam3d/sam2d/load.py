@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, PathLike, read_checkpoint
+from ..checkpoint import CheckpointError, PathLike, read_checkpoint, state_dict_mismatch
 from ..distributed import process_device
 from ..errors import InputError
 from .models import SamFamily2D
@@ -78,26 +78,12 @@ def read_checkpoint_2d(path: PathLike) -> dict[str, torch.Tensor]:
 def check_state_dict_2d(model: nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
     """Raise :class:`CheckpointMismatchError2D` unless ``state`` has ``model``'s keys and shapes."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(
-        k for k in set(expected) - set(state) if not k.endswith(".num_batches_tracked")
+    problems = state_dict_mismatch(
+        expected, state, optional_suffixes=(".num_batches_tracked",), shown=8
     )
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)}, model {expected[k]}"
-        for k in set(expected) & set(state)
-        if tuple(state[k].shape) != expected[k]
-    )
-    if not (missing or unexpected or misshaped):
+    if not problems:
         return
-    lines = [f"checkpoint does not fit the 2D model {name!r}:"]
-    for title, keys in (
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("wrong shape", misshaped),
-    ):
-        if keys:
-            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-            lines.append(f"  {title} keys: {shown}")
+    lines = [f"checkpoint does not fit the 2D model {name!r}:", *problems]
     fits = [n for n in matching_models_2d(state) if n != name]
     if fits:
         lines.append(f"  the checkpoint's keys and shapes fit: {', '.join(fits)}")
