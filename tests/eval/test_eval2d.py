@@ -164,3 +164,27 @@ def test_2d_models_take_torch_only(dataset, tmp_path, capsys) -> None:
     args += ["--checkpoint", "random", "--runtime", "onednn", "--out", str(tmp_path)]
     assert main(args) == 2
     assert "runs on torch only" in capsys.readouterr().err
+
+
+def test_eval_slices_along_the_axis_asked_for(dataset, tmp_path) -> None:
+    args = ["eval", str(dataset), "--layout", "manifest", "--model", "sam-med2d"]
+    args += ["--checkpoint", "random", "--clicks", "1", "--threads", "1", "--no-baseline"]
+    args += ["--protocol", "paper", "--slice-axis", "0", "--ct-window=-600,1500"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    with (tmp_path / "results.csv").open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    # the disk (radius 6 around row 15) is on 13 slices along axis 0, 2 along axis 2
+    assert row["total_clicks"] == "13"
+    assert row["method"] == "sam-med2d (random weights) [axis 0, window -600,1500]"
+
+
+@pytest.mark.parametrize("window", ["40", "40,0", "level,400"])
+def test_a_bad_ct_window_is_named(dataset, tmp_path, capsys, window) -> None:
+    args = ["eval", str(dataset), "--layout", "manifest", "--model", "sam-med2d"]
+    args += ["--checkpoint", "random", f"--ct-window={window}", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    assert f"LEVEL,WIDTH in HU with WIDTH > 0, like '40,400', got {window!r}" in (
+        capsys.readouterr().err
+    )

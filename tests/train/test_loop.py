@@ -118,6 +118,23 @@ def test_resume_continues_bit_identically(tmp_path) -> None:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_reads_checkpoints_written_before_a_model_config_field_existed(tmp_path) -> None:
+    """A checkpoint whose ``model_config`` lacks a field added later (here ``input``) resumes
+    as that field's default; one whose model really differs is refused by name."""
+    cfg = train_config(str(tmp_path), steps=2)
+    Trainer(parse_config({**cfg, "run": {**cfg["run"], "steps": 1}}), "train", progress=False).run()
+    last = tmp_path / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["model_config"]["input"]
+    torch.save(state, last)
+    resumed = Trainer(parse_config(cfg), "train", resume=last, progress=False)
+    assert resumed.step == 1
+    state["model_config"]["encoder"]["depth"] += 1
+    torch.save(state, last)
+    with pytest.raises(ValueError, match="the checkpoint's model differs from this config's"):
+        Trainer(parse_config(cfg), "train", resume=last, progress=False)
+
+
 def test_distillation_resume_restores_projections_and_stage(tmp_path) -> None:
     cfg = distill_config(str(tmp_path / "d"), layerwise=2, logit=2)
     cfg["student"]["encoder"]["embed_dim"] = 16  # narrower student: trainable projections

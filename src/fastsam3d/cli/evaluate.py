@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Run under `torchrun --nproc_per_node N -m fastsam3d.cli eval ...` to split the cases "
         "over N processes. Use --runtime torch for the fp32 reference numbers. The 2D "
         "baselines (sam-vit-b, medsam, mobilesam, tinysam, sam-med2d) run slice by slice "
-        "(axial, torch only); see --protocol.",
+        "(torch only; --slice-axis, --slice-modality, --ct-window); see --protocol.",
     )
     p.add_argument("data", help="dataset folder, a .csv/.json manifest, or sample names (ct,mr)")
     p.add_argument(
@@ -78,7 +78,43 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--modality", default="t1ce", help="brats: t1, t1ce, t2 or flair")
     p.add_argument("--structures", help="only these structure names, comma-separated")
     p.add_argument("--max-cases", type=int, help="only the first N cases")
+    slices = p.add_argument_group("2D models (slice by slice)")
+    slices.add_argument(
+        "--slice-axis",
+        type=int,
+        choices=(0, 1, 2),
+        default=2,
+        help="voxel axis the slices are taken along (default 2: axial for RAS/LPS scans)",
+    )
+    slices.add_argument(
+        "--slice-modality",
+        choices=("auto", "ct", "mr"),
+        default="auto",
+        help="8-bit mapping: ct = --ct-window, mr = percentiles of the voxels > 0; auto = the "
+        "DICOM modality, else CT when the minimum is below -500",
+    )
+    slices.add_argument(
+        "--ct-window",
+        type=parse_window,
+        default=(40.0, 400.0),
+        metavar="LEVEL,WIDTH",
+        help="CT window in HU (default 40,400: soft tissue); write a negative level with '=', "
+        "e.g. --ct-window=-600,1500 for lung",
+    )
     p.set_defaults(func=run)
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``"40,400"`` -> (level, width) with a positive width."""
+    try:
+        level, width = (float(v) for v in text.split(","))
+    except ValueError:
+        level, width = 0.0, 0.0
+    if not width > 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a CT window LEVEL,WIDTH in HU with WIDTH > 0, like '40,400', got {text!r}"
+        )
+    return level, width
 
 
 def _methods(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
@@ -87,6 +123,7 @@ def _methods(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
     from ..eval.baseline import RandomWalkerBaseline
     from ..eval.protocols import Method
     from ..eval.slicewise import SliceMethod
+    from ..interactive.slices import SliceIntensity
     from ..sam2d.registry import MODELS_2D
 
     models, ckpts = args.model or [], args.checkpoint or []
@@ -101,7 +138,9 @@ def _methods(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
     for name, files in zip(models, ckpts, strict=True):
         if name in MODELS_2D:
             model_2d, label = load_2d_for_command(name, files, args)
-            methods.append(SliceMethod(label, model_2d))
+            intensity = SliceIntensity(args.slice_modality, window=args.ct_window)
+            label += _slice_label(args)
+            methods.append(SliceMethod(label, model_2d, args.slice_axis, intensity))
             continue
         arch = None if name == "from-checkpoint" else name
         model, label = load_for_command(arch, files, args.device, seed=args.seed)
@@ -118,6 +157,17 @@ def _methods(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
     if len(set(labels)) != len(labels):
         raise InputError(f"two methods share a name: {labels}")
     return methods
+
+
+def _slice_label(args: argparse.Namespace) -> str:
+    """What a 2D method's label adds when its slicing differs from the defaults, so reports of
+    different settings never share a name: e.g. ``" [axis 0, ct -600,1500]"``."""
+    parts = [f"axis {args.slice_axis}"] if args.slice_axis != 2 else []
+    if args.slice_modality != "auto":
+        parts.append(args.slice_modality)
+    if tuple(args.ct_window) != (40.0, 400.0):
+        parts.append("window {:g},{:g}".format(*args.ct_window))
+    return f" [{', '.join(parts)}]" if parts else ""
 
 
 def run(args: argparse.Namespace) -> int:

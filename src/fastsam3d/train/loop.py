@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from ..build import build_model, load_model
 from ..checkpoint import save_native
+from ..config import ModelConfig
 from ..data.frame import FrameSpec
 from ..distributed import from_rank0, gather_to_rank0, join, resolve_device
 from ..errors import InputError
@@ -514,7 +515,8 @@ class Trainer:
         state = self._read(path)
         if state["kind"] != self.kind:
             raise InputError(f"{path}: a {state['kind']} checkpoint cannot resume {self.kind}")
-        if state["model_config"] != self.model.cfg.to_dict():
+        # Parsed, so checkpoints written before a config field existed compare with its default.
+        if ModelConfig.from_dict(state["model_config"]).to_dict() != self.model.cfg.to_dict():
             raise InputError(f"{path}: the checkpoint's model differs from this config's")
         self.model.load_state_dict(state["state_dict"])
         if state["extra"]:
