@@ -2,7 +2,8 @@
 # GPU checks in one go, outputs and numbers in one folder:
 #   1. training smoke under torchrun (1 process, NCCL on cuda:0): N/2 steps, then --resume auto
 #      to N steps (checkpoint broadcast, distributed validation, DDP on the GPU);
-#   2. `fastsam3d bench models --device cuda` (encoder / decoder times on the GPU);
+#   2. `fastsam3d bench models --device cuda` (encoder / decoder times on the GPU), and Table 3
+#      with the paper's 2D baselines beside the 3D models (table3.json);
 #   3. `fastsam3d eval` on a bundled sample with the bundled model on the GPU (under torchrun).
 # --dry-run runs the same steps on the CPU (gloo, --device cpu, the test-tiny model, tiny
 # sizes), so CI can check the script itself. The training is a plumbing check (a few steps of
@@ -38,6 +39,7 @@ if [ "$dry_run" = 1 ]; then
     device=cpu backend=gloo amp=none model=test-tiny batch=1 threads=1
     steps="${steps:-2}"
     bench_args=(--models test-tiny --runtimes torch --rounds 1 --warmup 0 --no-accuracy)
+    table3_args=(--models mobilesam,test-tiny --slices 1 --rounds 1 --warmup 0 --no-accuracy)
     eval_model=(--model test-tiny --checkpoint random)
     eval_args=(ct --structures spleen --clicks 1,2)
 else
@@ -48,6 +50,8 @@ else
     device=cuda backend=nccl amp=bf16 model=fastsam3d-lite batch=2 threads=4
     steps="${steps:-10}"
     bench_args=(--rounds 7 --warmup 2)
+    table3_args=(--models sam-vit-b,mobilesam,tinysam,medsam,sam-med2d,sam-med3d,fastsam3d
+        --slices 16 --rounds 5 --warmup 2)
     weights="$("$PYTHON" -c \
         "import fastsam3d; print(fastsam3d.get_spec('fastsam3d-lite').bundled_weights())")"
     eval_model=(--model fastsam3d-lite --checkpoint "$weights")
@@ -143,10 +147,12 @@ print(f"{steps} steps, loss {rows[0]['loss']} -> {rows[-1]['loss']}, "
 EOF
 step bench "$PYTHON" -m fastsam3d.cli bench models --device "$device" --threads "$threads" \
     "${bench_args[@]}" --json "$out/bench.json"
+step table3 "$PYTHON" -m fastsam3d.cli bench models --device "$device" --threads "$threads" \
+    "${table3_args[@]}" --json "$out/table3.json"
 step eval "${torchrun[@]}" -m fastsam3d.cli eval "${eval_args[@]}" --layout samples \
     "${eval_model[@]}" --no-baseline --runtime torch --device "$device" --threads "$threads" \
     --out "$out/eval"
 
-echo "outputs in $out (timings.tsv, *.log, train/, bench.json, eval/)"
+echo "outputs in $out (timings.tsv, *.log, train/, bench.json, table3.json, eval/)"
 cat "$timings"
 exit "$failed"

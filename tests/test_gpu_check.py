@@ -50,6 +50,7 @@ def test_dry_run_trains_resumes_benches_and_evaluates_on_the_cpu(tmp_path) -> No
         "train_resumed",
         "train_outputs",
         "bench",
+        "table3",
         "eval",
     ]
     assert {r["status"] for r in rows} == {"ok"}
@@ -59,6 +60,8 @@ def test_dry_run_trains_resumes_benches_and_evaluates_on_the_cpu(tmp_path) -> No
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2]
     bench = json.loads((out / "bench.json").read_text())
     assert any("test-tiny" in label for label in bench["results"])
+    table3 = json.loads((out / "table3.json").read_text())["results"]
+    assert {row["kind"] for row in table3.values()} == {"2d", "3d"}
     with (out / "eval" / "results.csv").open() as f:
         results = list(csv.DictReader(f))
     assert {(r["case"], r["structure"], r["click"]) for r in results} == {

@@ -285,7 +285,8 @@ def _benchmark(
     }
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the work queued on a CUDA ``device`` (a no-op elsewhere), so timers see it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -294,7 +295,7 @@ def _encoder_call(model: Any, image: torch.Tensor) -> Callable[[], object]:
     def run() -> object:
         with torch.inference_mode():
             out = model.encode(image)
-        _sync(image.device)  # CUDA runs asynchronously: time the finished work
+        sync_device(image.device)  # CUDA runs asynchronously: time the finished work
         return out
 
     return run
@@ -314,7 +315,7 @@ def _decoder_call(
             out, _ = model.decode(embedding, point, labels, mask_logits=prev)
             if upsample is not None:
                 out = upsample_logits(out, upsample) > 0
-        _sync(point.device)
+        sync_device(point.device)
         return out
 
     return run

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .encoders import Candidate, benchmark_encoders, memory_probe
+from .encoders import Candidate, benchmark_encoders, memory_probe, sync_device
 
 VOLUME_SLICES = 128
 """Slices of the 128^3 volume a 2D model segments slice by slice."""
@@ -70,22 +70,27 @@ def count_flops_2d(model: str) -> dict[str, float]:
 
 
 def _calls_2d(c: Candidate2D, model: Any) -> dict[str, Callable[[], object]]:
-    """Encoder (``c.slices`` slices, one at a time) and decoder (one slice) calls."""
+    """Encoder (``c.slices`` slices, one at a time) and decoder (one slice) calls, inputs on
+    the model's device; each call waits for its CUDA work to finish."""
     gen = torch.Generator().manual_seed(0)
-    side, low = model.input_size, model.mask_size
-    slices = [torch.randn(1, 3, side, side, generator=gen) for _ in range(c.slices)]
-    embedding = torch.randn(1, 256, side // 16, side // 16, generator=gen)  # values irrelevant
-    point = torch.tensor([[[side / 2, side / 2 - 3]]])
-    label = torch.tensor([[1]])
-    prev = torch.randn(1, 1, low, low, generator=gen)
+    side, low, device = model.input_size, model.mask_size, torch.device(model.device)
+    slices = [torch.randn(1, 3, side, side, generator=gen).to(device) for _ in range(c.slices)]
+    embedding = torch.randn(1, 256, side // 16, side // 16, generator=gen).to(device)
+    point = torch.tensor([[[side / 2, side / 2 - 3]]], device=device)
+    label = torch.tensor([[1]], device=device)
+    prev = torch.randn(1, 1, low, low, generator=gen).to(device)
 
     def encode() -> object:
         with torch.inference_mode():
-            return [model.encode(s) for s in slices]
+            out = [model.encode(s) for s in slices]
+        sync_device(device)
+        return out
 
     def decode() -> object:
         with torch.inference_mode():
-            return model.decode(embedding, point, label, mask_logits=prev)
+            out = model.decode(embedding, point, label, mask_logits=prev)
+        sync_device(device)
+        return out
 
     return {f"{c.label}|encoder": encode, f"{c.label}|decoder": decode}
 
