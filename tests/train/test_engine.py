@@ -102,6 +102,24 @@ def test_untransformed_region_equals_the_frame_resampling(tmp_path) -> None:
     assert normalize_roi(raw, "zscore_positive").shape == (64, 64, 64)
 
 
+def test_size_powers_draw_larger_targets(tmp_path) -> None:
+    """``size_power`` / ``others_size_power`` weight the first / the other targets by their
+    size: the same regions' targets grow, and 0 keeps the uniform draw."""
+    kinds = {"pseudo": 0.0, "part": 0.0, "uniform_centre": 0.0}
+
+    def mean_cells(**powers: float) -> tuple[float, float]:
+        data = EngineRegions(
+            load_cases("ct", "samples"), _config(tmp_path, **kinds, **powers), FRAME, seed=7
+        )
+        cells = torch.stack([data[k]["target"].flatten(1).sum(1) for k in range(16)])
+        return float(cells[:, 0].mean()), float(cells[:, 1:].mean())
+
+    first, others = mean_cells()
+    big_first, big_others = mean_cells(size_power=1.0, others_size_power=1.0)
+    assert big_first > 1.5 * first
+    assert big_others > 1.5 * others
+
+
 def test_synthetic_images_follow_the_labels(tmp_path) -> None:
     config = _config(tmp_path, synthetic=1.0, fov_cut=0.0, thick_slices=0.0, noise=0.0, blur=0.0)
     data = EngineRegions(load_cases("ct", "samples"), config, FRAME, seed=2)

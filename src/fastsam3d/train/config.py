@@ -74,6 +74,10 @@ class EngineConfig:
     size_power: float = 0.0
     """Regions are placed around structures drawn with probability ``voxels ** size_power``
     (0: every structure alike; 0.5 favours large organs, which are few)."""
+    others_size_power: float = 0.0
+    """The region's other targets (after the first) are drawn among the objects present in it
+    with probability ``(cells in the region) ** others_size_power`` (0: every object alike,
+    which makes most of them small: ribs, vessels, supervoxels)."""
     uniform_centre: float = 0.15
     """Regions placed uniformly in the scan instead of around a target voxel."""
     rotate_deg: float = 20.0

@@ -535,7 +535,12 @@ class EngineRegions(Dataset[dict[str, torch.Tensor]]):
         ok = (counts >= self.min_cells).nonzero()[:, 0]
         if len(ok) == 0:
             return None
-        v = int(ok[int(rng.integers(len(ok)))])
+        power = self.engine.others_size_power
+        if power:
+            weights = counts[ok].double().numpy() ** power
+            v = int(ok[int(rng.choice(len(ok), p=weights / weights.sum()))])
+        else:
+            v = int(ok[int(rng.integers(len(ok)))])
         key = (1, scale, v) if kind == "pseudo" else ((0, v, -1) if kind == "part" else (0, v))
         return self._object_mask(scan, key, scale, labels, supervoxels, rng)
 
