@@ -107,3 +107,42 @@ def test_feature_dropout_needs_features_and_a_probability() -> None:
         )
     with pytest.raises(ValueError, match=r"feature_dropout must be in \[0, 1\], got 1.5"):
         dataclasses.replace(config, feature_dropout=1.5)
+
+
+def test_vit_path_loss_is_the_loss_from_the_embedding_alone() -> None:
+    """One round: the added term is ``weight`` x the loss of the same click decoded with the
+    features zeroed (what ``feature_dropout = 1`` trains on)."""
+    model = build_model("test-tiny-hires", seed=0)
+    config = parse_config(train_config("unused")).interactive
+    assert config is not None
+    one = dataclasses.replace(config, click_iterations=1, free_rounds=(0, 0))
+    image = torch.randn(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(1))
+    target = _two_structures(64)
+    assert model.image_encoder.features is not None
+    with torch.no_grad():  # features that matter, so both paths differ clearly
+        for p in model.image_encoder.features.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+
+    def loss(**changes: float) -> float:
+        step_config = dataclasses.replace(one, **changes)
+        return _loss(
+            InteractiveStep(model, step_config, make_simulator("random"), 0), image, target
+        )
+
+    plain, both, vit_alone = loss(), loss(vit_path_weight=0.5), loss(feature_dropout=1.0)
+    assert abs(vit_alone - plain) > 1e-4  # the features matter to the full path (~3e-4)
+    assert both - plain == pytest.approx(0.5 * vit_alone, abs=1e-5)
+
+
+def test_vit_path_needs_features_and_a_weight() -> None:
+    config = parse_config(train_config("unused")).interactive
+    assert config is not None
+    with pytest.raises(ValueError, match=r"vit_path_weight = 0\.5 needs a model"):
+        InteractiveStep(
+            build_model("test-tiny", seed=0),
+            dataclasses.replace(config, vit_path_weight=0.5),
+            make_simulator("random"),
+            seed=0,
+        )
+    with pytest.raises(ValueError, match=r"vit_path_weight must be >= 0, got -1\.0"):
+        dataclasses.replace(config, vit_path_weight=-1.0)

@@ -221,11 +221,20 @@ class InteractiveConfig:
     (models with ``EncoderConfig.feature_channels``) are zeroed for the target's whole click
     loop, so the decoder must also segment from the ViT's embedding. Without it the lite
     decoder learned to ignore the embedding (model card). 0: off."""
+    vit_path_weight: float = 0.0
+    """Weight of a second loss per trained round: the same prompts decoded with the
+    high-resolution features zeroed (the ViT's embedding alone), so the decoder keeps a path
+    that reads the ViT while the full path also uses the features; inference is unchanged
+    (models with ``EncoderConfig.feature_channels``; 0: off)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.feature_dropout <= 1.0:
             raise InputError(
                 f"[interactive] feature_dropout must be in [0, 1], got {self.feature_dropout!r}"
+            )
+        if self.vit_path_weight < 0:
+            raise InputError(
+                f"[interactive] vit_path_weight must be >= 0, got {self.vit_path_weight!r}"
             )
 
 

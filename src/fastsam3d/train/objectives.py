@@ -127,12 +127,14 @@ class InteractiveStep(nn.Module):
         self, model: Sam3D, config: InteractiveConfig, simulator: ClickSimulator, seed: int
     ) -> None:
         super().__init__()
-        if config.feature_dropout > 0 and not model.cfg.encoder.feature_channels:
-            raise InputError(
-                f"[interactive] feature_dropout = {config.feature_dropout} needs a model with "
-                "high-resolution decoder features (EncoderConfig.feature_channels); this one "
-                "has none: set it to 0"
-            )
+        for name in ("feature_dropout", "vit_path_weight"):
+            value = getattr(config, name)
+            if value > 0 and not model.cfg.encoder.feature_channels:
+                raise InputError(
+                    f"[interactive] {name} = {value} needs a model with high-resolution "
+                    "decoder features (EncoderConfig.feature_channels); this one has none: "
+                    "set it to 0"
+                )
         self.model = model
         self.config, self.simulator, self.seed = config, simulator, seed
 
@@ -205,6 +207,12 @@ class InteractiveStep(nn.Module):
             embedding = embedding.repeat_interleave(per_region, dim=0)
         if cfg.feature_dropout > 0:
             embedding = self._drop_features(embedding, indices, per_region)
+        d = model.cfg.prompt.embed_dim
+        vit_only = (
+            torch.cat([embedding[:, :d], torch.zeros_like(embedding[:, d:])], dim=1)
+            if cfg.vit_path_weight > 0
+            else None
+        )
         target = target.reshape(-1, 1, *target.shape[2:])
         b = target.shape[0]
         truth = (target[:, 0] > 0.5).cpu().numpy()
@@ -245,6 +253,10 @@ class InteractiveStep(nn.Module):
                 logits, _ = model.decode(embedding, pts, lab, mask_logits=logits_prev)
             if it >= free:
                 total = total + dice_ce_loss(self._upsample(logits, grid), target)
+                if vit_only is not None:  # the same round from the ViT's embedding alone
+                    vit_logits, _ = model.decode(vit_only, pts, lab, mask_logits=logits_prev)
+                    vit_loss = dice_ce_loss(self._upsample(vit_logits, grid), target)
+                    total = total + cfg.vit_path_weight * vit_loss
             logits_prev = logits.detach()
         total = total / cfg.click_iterations
         return total if aux is None else total + weight * aux
