@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -279,10 +282,32 @@ def test_cli_train_and_resume(tmp_path, capsys) -> None:
     assert "needs [teacher] and [student]" in capsys.readouterr().err
 
 
+WORKER_CHECK = """
+import json, sys
+from fastsam3d.train.config import parse_config
+from fastsam3d.train.loop import Trainer
+losses = []
+for cfg in json.loads(sys.argv[1]):
+    rows = Trainer(parse_config(cfg), "train", progress=False).run()
+    losses.append([r["loss"] for r in rows])
+print(json.dumps(losses))
+"""
+
+
 def test_worker_processes_give_the_same_samples(tmp_path) -> None:
-    cfg = train_config(str(tmp_path / "w0"), steps=3)
-    plain = Trainer(parse_config(cfg), "train", progress=False).run()
-    cfg_workers = train_config(str(tmp_path / "w1"), steps=3)
-    cfg_workers["data"]["workers"] = 1
-    with_workers = Trainer(parse_config(cfg_workers), "train", progress=False).run()
-    assert [r["loss"] for r in plain] == [r["loss"] for r in with_workers]
+    """Run in a fresh interpreter: DataLoader workers fork the process, and forking this
+    long-lived, many-threaded pytest process crashed it once (SIGSEGV) late in a full suite."""
+    plain = train_config(str(tmp_path / "w0"), steps=3)
+    with_workers = train_config(str(tmp_path / "w1"), steps=3)
+    with_workers["data"]["workers"] = 1
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_CHECK, json.dumps([plain, with_workers])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses_plain, losses_workers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(losses_plain) == 3
+    assert losses_plain == losses_workers
