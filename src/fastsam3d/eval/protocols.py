@@ -28,7 +28,7 @@ from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
 from ..data.volume import Volume
 from ..interactive.session import Session, model_prompting
 from ..modeling.sam3d import upsample_logits
-from .clicks import ClickSimulator
+from .clicks import ClickSimulator, SimulatedClick
 from .metrics import dice, normalized_surface_dice
 
 Protocol = Literal["paper", "realistic"]
@@ -83,6 +83,31 @@ def unchanged_record(
         kept_nsd,
         0.0,
         False,
+        total_clicks=total_clicks,
+    )
+
+
+def scored_record(
+    step: int,
+    click: SimulatedClick,
+    mask: np.ndarray,
+    gt: np.ndarray,
+    spacing: tuple[float, float, float],
+    tolerance_mm: float,
+    time_ms: float,
+    new_region: bool,
+    total_clicks: int | None = None,
+) -> ClickRecord:
+    """The record of a click that ran: Dice and NSD (``tolerance_mm``) of ``mask`` on the
+    evaluation grid against ``gt``."""
+    return ClickRecord(
+        step + 1,
+        click.index,
+        click.positive,
+        dice(mask, gt),
+        normalized_surface_dice(mask, gt, spacing, tolerance_mm),
+        time_ms,
+        new_region,
         total_clicks=total_clicks,
     )
 
@@ -169,14 +194,14 @@ def run_realistic(
         result = session.add_click(click.index, click.positive)
         elapsed = 1e3 * (time.perf_counter() - t0)
         assert result is not None
-        mask = session.mask
         records.append(
-            ClickRecord(
-                step + 1,
-                click.index,
-                click.positive,
-                dice(mask, gt),
-                normalized_surface_dice(mask, gt, volume.spacing, tolerance_mm),
+            scored_record(
+                step,
+                click,
+                session.mask,
+                gt,
+                volume.spacing,
+                tolerance_mm,
                 elapsed,
                 result.new_region,
             )

@@ -30,8 +30,8 @@ from ..data.volume import Volume
 from ..interactive.slices import SliceIntensity, SliceSession
 from ..sam2d.contract import PromptableModel2D
 from .clicks import ClickSimulator, next_click_on_slice
-from .metrics import dice, normalized_surface_dice
-from .protocols import ClickRecord, Protocol, unchanged_record
+from .metrics import dice
+from .protocols import ClickRecord, Protocol, scored_record, unchanged_record
 
 
 @dataclass(frozen=True)
@@ -136,14 +136,14 @@ def run_slices_realistic(
         t0 = time.perf_counter()
         result = session.add_click(click.index, click.positive)
         elapsed = 1e3 * (time.perf_counter() - t0)
-        mask = session.mask
         records.append(
-            ClickRecord(
-                step + 1,
-                click.index,
-                click.positive,
-                dice(mask, gt),
-                normalized_surface_dice(mask, gt, volume.spacing, tolerance_mm),
+            scored_record(
+                step,
+                click,
+                session.mask,
+                gt,
+                volume.spacing,
+                tolerance_mm,
                 elapsed,
                 result.encoded,
                 total_clicks=session.total_clicks,
