@@ -203,11 +203,11 @@ def test_models_with_a_detail_refiner_run_on_every_runtime(tmp_path, gen) -> Non
 
 
 @needs_exports
-@pytest.mark.parametrize("variant", ["v2", "v3"])
+@pytest.mark.parametrize("variant", ["v2", "v3", "refiner"])
 def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant) -> None:
     """The lite layout (conv stem, features packed into the embedding, fine prompt path) runs
     unchanged on every runtime; ``v3`` adds LayerScale, the attention distance bias and open
-    feature gates."""
+    feature gates; ``refiner`` decodes from the ViT and refines with the features."""
     model = fastsam3d.load_model("test-tiny-hires", seed=7, random_weights=True)
     if variant == "v3":
         cfg = model.cfg
@@ -220,6 +220,16 @@ def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant)
         with torch.no_grad():
             model.mask_decoder.feature_gate8.fill_(0.7)
             model.mask_decoder.feature_gate4.fill_(1.3)
+    if variant == "refiner":
+        cfg = model.cfg
+        cfg = dataclasses.replace(
+            cfg, decoder=dataclasses.replace(cfg.decoder, refine_with_features=True)
+        )
+        model = fastsam3d.build_model(cfg, seed=7).eval()
+        refiner = model.mask_decoder.feature_refiner
+        assert refiner is not None
+        with torch.no_grad():
+            refiner.out.weight.normal_(generator=torch.Generator().manual_seed(1))
     image, points, labels = tiny_inputs(model, gen, n_points=2)
     zeros = torch.zeros(1, 1, 16, 16, 16)
     with torch.inference_mode():

@@ -274,6 +274,12 @@ class DecoderConfig:
     (``feature_gate8``, ``feature_gate4``): the decoder first learns from the ViT's embedding
     and lets the features in as they help (without gates they become a shortcut that leaves
     the ViT unused; experiments e03-e08). Needs ``image_features``."""
+    refine_with_features: bool = False
+    """Keep the image features (and the fine prompt) out of the upscaling: decode each mask from
+    the ViT's embedding and the dense prompt, then correct it from the features with a small
+    conv net whose last layer starts at zero (:mod:`fastsam3d.modeling.feature_refiner`), so
+    the features refine the ViT's mask instead of replacing it. Needs ``image_features``; not
+    with ``feature_gates``."""
     refine_channels: int = 0
     """Width of the detail refiner (0: none, as upstream). With it, :meth:`Sam3D.encode` packs
     the image's statistics on the logit grid into the embedding and a small dilated 3D conv net
@@ -363,6 +369,13 @@ class ModelConfig:
             raise InputError("encoder.feature_channels are set but decoder.image_features is off")
         if self.decoder.feature_gates and not self.decoder.image_features:
             raise InputError("decoder.feature_gates needs decoder.image_features")
+        if self.decoder.refine_with_features and not self.decoder.image_features:
+            raise InputError("decoder.refine_with_features needs decoder.image_features")
+        if self.decoder.refine_with_features and self.decoder.feature_gates:
+            raise InputError(
+                "decoder.refine_with_features and decoder.feature_gates exclude each other "
+                "(the features never enter the upscaling that the gates scale)"
+            )
         if self.prompt.fine_channels and self.prompt.fine_channels != widths[1]:
             raise InputError(
                 f"prompt.fine_channels ({self.prompt.fine_channels}) must equal the decoder's "

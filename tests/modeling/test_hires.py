@@ -168,3 +168,64 @@ def test_feature_gates_start_closed_and_scale_the_features(gen) -> None:
             encoder=dataclasses.replace(base.encoder, feature_channels=()),
             decoder=dataclasses.replace(base.decoder, image_features=False, feature_gates=True),
         )
+
+
+def _refining(base: ModelConfig) -> ModelConfig:
+    return dataclasses.replace(
+        base, decoder=dataclasses.replace(base.decoder, refine_with_features=True)
+    )
+
+
+def test_feature_refiner_starts_from_the_vit_mask_and_then_reads_the_features(gen) -> None:
+    """With ``refine_with_features`` the untrained refiner returns the mask decoded from the
+    ViT's embedding alone (features and fine prompt cannot change it); once its output layer
+    is non-zero, the features, the fine prompt and the mask all change the result."""
+    base = fastsam3d.get_spec("test-tiny-hires").config
+    model = build_model(_refining(base), seed=5).eval()
+    plain = build_model(base, seed=5).eval()
+    extra = set(model.state_dict()) - set(plain.state_dict())
+    assert extra
+    assert all(k.startswith("mask_decoder.feature_refiner.") for k in extra)
+    image, points, labels = tiny_inputs(model, gen, batch=2, n_points=2)
+    zeros = torch.zeros(2, 1, 16, 16, 16)
+    d = base.prompt.embed_dim
+    with torch.inference_mode():
+        emb = model.encode(image)
+        no_features = emb.clone()
+        no_features[:, d:] = 0
+        start = model.decode(emb, points, labels, zeros)[0]
+        assert torch.equal(start, model.decode(no_features, points, labels, zeros)[0])
+        refiner = model.mask_decoder.feature_refiner
+        assert refiner is not None
+        refiner.out.weight.normal_(generator=torch.Generator().manual_seed(0))
+        refined = model.decode(emb, points, labels, zeros)[0]
+        assert not torch.allclose(refined, start)
+        assert not torch.allclose(refined, model.decode(no_features, points, labels, zeros)[0])
+        # one shared embedding for both prompt sets gives the same masks as a batch of two
+        shared = model.decode(emb[:1], points[:1].repeat(2, 1, 1), labels[:1].repeat(2, 1), zeros)
+        torch.testing.assert_close(
+            shared[0][0], model.decode(emb[:1], points[:1], labels[:1], zeros[:1])[0][0]
+        )
+        # multimask output: every candidate is refined on its own
+        multi = model.decode(emb, points, labels, zeros, multimask=True)[0]
+        assert multi.shape == (2, 3, 16, 16, 16)
+
+
+def test_feature_refiner_config_errors() -> None:
+    base = fastsam3d.get_spec("test-tiny-hires").config
+    with pytest.raises(ValueError, match="refine_with_features needs"):
+        dataclasses.replace(
+            base,
+            encoder=dataclasses.replace(base.encoder, feature_channels=()),
+            decoder=dataclasses.replace(
+                base.decoder, image_features=False, refine_with_features=True
+            ),
+        )
+    with pytest.raises(ValueError, match="exclude each other"):
+        dataclasses.replace(
+            base,
+            decoder=dataclasses.replace(
+                base.decoder, feature_gates=True, refine_with_features=True
+            ),
+        )
+    assert ModelConfig.from_dict(_refining(base).to_dict()) == _refining(base)

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import AttentionImpl, DecoderConfig, SparseAttentionConfig
 from .detail import DetailRefiner
+from .feature_refiner import FeatureRefiner
 from .layers import MLP, LayerNorm3d, MLPBlock
 from .sparse_attention import dilated_cross_attention
 
@@ -110,7 +111,9 @@ class TwoWayAttentionBlock3D(nn.Module):
 class TwoWayTransformer3D(nn.Module):
     """``depth`` two-way blocks then a final token->image attention."""
 
-    def __init__(self, cfg: DecoderConfig) -> None:
+    def __init__(self, cfg: DecoderConfig, fine_channels: int = 0) -> None:
+        """``fine_channels``: width of the prompt encoder's full-resolution embedding (0: none);
+        only the feature refiner needs it."""
         super().__init__()
         dim = cfg.transformer_dim
         self.layers = nn.ModuleList(
@@ -143,7 +146,9 @@ class TwoWayTransformer3D(nn.Module):
 class MaskDecoder3D(nn.Module):
     """Predicts low-resolution mask logits and IoU scores from image and prompt embeddings."""
 
-    def __init__(self, cfg: DecoderConfig) -> None:
+    def __init__(self, cfg: DecoderConfig, fine_channels: int = 0) -> None:
+        """``fine_channels``: width of the prompt encoder's full-resolution embedding (0: none);
+        only the feature refiner needs it."""
         super().__init__()
         dim = cfg.transformer_dim
         self.num_mask_tokens = cfg.num_multimask_outputs + 1
@@ -171,6 +176,9 @@ class MaskDecoder3D(nn.Module):
             dim, cfg.iou_head_hidden_dim, self.num_mask_tokens, cfg.iou_head_depth
         )
         self.refiner = DetailRefiner(cfg.refine_channels) if cfg.refine_channels else None
+        self.feature_refiner = (
+            FeatureRefiner(w2 + w4, fine_channels) if cfg.refine_with_features else None
+        )
 
     def forward(
         self,
@@ -194,9 +202,11 @@ class MaskDecoder3D(nn.Module):
             detail: ``(B or 1, 4, 4G, 4G, 4G)`` image statistics on the logit grid (models
                 with a refiner only, see :mod:`fastsam3d.modeling.detail`).
             features: ``[(B or 1, w2, 2G, 2G, 2G), (B or 1, w4, 4G, 4G, 4G)]`` image features
-                added after each upscaling stage (models with ``image_features`` only).
+                added after each upscaling stage (models with ``image_features`` only), or
+                read by the feature refiner (``refine_with_features``).
             fine: ``(B, w4, 4G, 4G, 4G)`` full-resolution prompt embedding added at the last
-                stage (models whose prompt encoder has ``fine_channels``).
+                stage, or read by the feature refiner (models whose prompt encoder has
+                ``fine_channels``).
 
         Returns:
             ``(logits (B, 1|M, 4G, 4G, 4G), iou (B, 1|M))``.
@@ -211,9 +221,11 @@ class MaskDecoder3D(nn.Module):
         mask_out = hs[:, 1 : 1 + self.num_mask_tokens]
 
         g = src.shape[-1]
-        upscaled = self._upscale(
-            src_tokens.transpose(1, 2).reshape(src.shape[:2] + (g,) * 3), features, fine
-        )
+        grid_tokens = src_tokens.transpose(1, 2).reshape(src.shape[:2] + (g,) * 3)
+        if self.feature_refiner is None:
+            upscaled = self._upscale(grid_tokens, features, fine)
+        else:  # the ViT's mask first; features and fine prompt refine it below
+            upscaled = self.output_upscaling(grid_tokens)
         hyper = torch.stack(
             [mlp(mask_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
@@ -222,6 +234,10 @@ class MaskDecoder3D(nn.Module):
         iou = self.iou_prediction_head(iou_out)
         chosen = slice(1, None) if multimask else slice(0, 1)
         masks, iou = masks[:, chosen], iou[:, chosen]
+        if self.feature_refiner is not None:  # only the masks returned
+            if features is None or len(features) != 2:
+                raise ValueError("this decoder refines masks from image features: pass both maps")
+            masks = self.feature_refiner(masks, features, fine)
         if self.refiner is not None:  # only the masks returned
             if detail is None:
                 raise ValueError("this decoder refines masks from image detail: pass detail")

@@ -43,7 +43,7 @@ class Sam3D(nn.Module):
         self.cfg = cfg
         self.image_encoder = ImageEncoderViT3D(cfg.encoder)
         self.prompt_encoder = PromptEncoder3D(cfg.prompt, cfg.embedding_grid, cfg.image_size)
-        self.mask_decoder = MaskDecoder3D(cfg.decoder)
+        self.mask_decoder = MaskDecoder3D(cfg.decoder, fine_channels=cfg.prompt.fine_channels)
 
     @property
     def device(self) -> torch.device:
