@@ -206,14 +206,16 @@ def test_models_with_a_detail_refiner_run_on_every_runtime(tmp_path, gen) -> Non
 @pytest.mark.parametrize("variant", ["v2", "v3", "refiner"])
 def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant) -> None:
     """The lite layout (conv stem, features packed into the embedding, fine prompt path) runs
-    unchanged on every runtime; ``v3`` adds LayerScale, the attention distance bias and open
-    feature gates; ``refiner`` decodes from the ViT and refines with the features."""
+    unchanged on every runtime; ``v3`` adds LayerScale, the attention distance bias, centred
+    tokens and open feature gates; ``refiner`` decodes from the ViT and refines with the features."""
     model = fastsam3d.load_model("test-tiny-hires", seed=7, random_weights=True)
     if variant == "v3":
         cfg = model.cfg
         cfg = dataclasses.replace(
             cfg,
-            encoder=dataclasses.replace(cfg.encoder, layer_scale_init=0.5, attn_distance_bias=True),
+            encoder=dataclasses.replace(
+                cfg.encoder, layer_scale_init=0.5, attn_distance_bias=True, center_tokens=True
+            ),
             decoder=dataclasses.replace(cfg.decoder, feature_gates=True),
         )
         model = fastsam3d.build_model(cfg, seed=7).eval()

@@ -149,6 +149,12 @@ class EncoderConfig:
     from 2 (local) to 1/16 (nearly global) over the heads, so attention is neither uniform nor
     position-blind at the start of training. Needs global dense attention (``window_size``
     0 for every block, no ``sparse``). False: none (upstream)."""
+    center_tokens: bool = False
+    """Subtract the mean token of the grid before the neck. Trained from scratch, the blocks
+    add a large vector shared by every token (attention near uniform), and the neck's
+    per-token LayerNorms then pass almost only that vector: the embedding hardly changes with
+    the image (encoder probe of e12 and the shipped teacher). Centring hands the neck what
+    differs between tokens. False: none (upstream)."""
 
     def __post_init__(self) -> None:
         _check_choice("block_formula", self.block_formula, BlockFormula)

@@ -229,3 +229,26 @@ def test_feature_refiner_config_errors() -> None:
             ),
         )
     assert ModelConfig.from_dict(_refining(base).to_dict()) == _refining(base)
+
+
+def test_centred_tokens_make_the_embedding_blind_to_a_shared_token_offset(gen) -> None:
+    """``center_tokens``: adding one vector to every token before the neck changes nothing;
+    without it the same offset changes the embedding."""
+    base = fastsam3d.get_spec("test-tiny-hires").config
+    centred_cfg = dataclasses.replace(
+        base, encoder=dataclasses.replace(base.encoder, center_tokens=True)
+    )
+    centred = build_model(centred_cfg, seed=5).eval()
+    plain = build_model(base, seed=5).eval()
+    assert set(centred.state_dict()) == set(plain.state_dict())
+    g, c = base.embedding_grid, base.encoder.embed_dim
+    tokens = torch.randn(2, g, g, g, c, generator=torch.Generator().manual_seed(3))
+    offset = 50.0 * torch.randn(1, 1, 1, 1, c, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        head = centred.image_encoder.head
+        torch.testing.assert_close(head(tokens + offset), head(tokens), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(
+            plain.image_encoder.head(tokens + offset), plain.image_encoder.head(tokens), atol=1e-2
+        )
+        image, _, _ = tiny_inputs(centred, gen, batch=1)
+        assert centred.encode(image).shape == plain.encode(image).shape

@@ -168,7 +168,10 @@ class ImageEncoderViT3D(nn.Module):
         return tokens + self.pos_embed, features
 
     def head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Neck: ``(B, G, G, G, C)`` -> ``(B, out_chans, G, G, G)``."""
+        """Neck: ``(B, G, G, G, C)`` -> ``(B, out_chans, G, G, G)`` (after subtracting the
+        grid's mean token with ``center_tokens``)."""
+        if self.cfg.center_tokens:
+            tokens = tokens - tokens.mean(dim=(1, 2, 3), keepdim=True)
         return self.neck(tokens.permute(0, 4, 1, 2, 3))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
