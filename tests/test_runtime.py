@@ -207,7 +207,8 @@ def test_models_with_a_detail_refiner_run_on_every_runtime(tmp_path, gen) -> Non
 def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant) -> None:
     """The lite layout (conv stem, features packed into the embedding, fine prompt path) runs
     unchanged on every runtime; ``v3`` adds LayerScale, the attention distance bias, centred
-    tokens and open feature gates; ``refiner`` decodes from the ViT and refines with the features."""
+    tokens and open feature gates; ``refiner`` decodes from the ViT and refines with the
+    features."""
     model = fastsam3d.load_model("test-tiny-hires", seed=7, random_weights=True)
     if variant == "v3":
         cfg = model.cfg
