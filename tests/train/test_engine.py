@@ -181,3 +181,19 @@ def test_engine_config_parses_and_rejects_unknown_keys() -> None:
     base["data"]["engine"]["pseudo_objects"] = 1
     with pytest.raises(ValueError, match=r"engine: unknown keys \['pseudo_objects'\]"):
         parse_config(base)
+
+
+def test_target_sizes_measure_each_sample_in_millilitres(engine) -> None:
+    """``train.target_sizes``: volumes follow the target grid's cell size (64^3 at 3 mm with
+    32^3 targets: 6 mm cells, 0.216 mL), first targets and the others apart."""
+    from fastsam3d.train.target_sizes import format_sizes, target_volumes
+
+    sizes = target_volumes(engine, range(4), FRAME.size * FRAME.spacing)
+    assert sizes.first.shape == (4,)
+    assert sizes.others.shape == (8,)
+    cells = engine[2]["target"].flatten(1).sum(1)
+    assert sizes.first[2] == pytest.approx(float(cells[0]) * 0.216)
+    assert sizes.others[4:6] == pytest.approx((cells[1:] * 0.216).tolist())
+    table = format_sizes(sizes, thresholds=(0.0, 1e9))
+    assert "| first of a region | 4 |" in table
+    assert table.count("| 100.0% | 0.0% |") == 2  # every target > 0 mL, none > 1e9 mL
