@@ -178,8 +178,8 @@ def _refining(base: ModelConfig) -> ModelConfig:
 
 def test_feature_refiner_starts_from_the_vit_mask_and_then_reads_the_features(gen) -> None:
     """With ``refine_with_features`` the untrained refiner returns the mask decoded from the
-    ViT's embedding alone (features and fine prompt cannot change it); once its output layer
-    is non-zero, the features, the fine prompt and the mask all change the result."""
+    ViT's embedding alone (the features cannot change it); once its output layer is non-zero,
+    they do, also when one embedding is shared by several prompt sets."""
     base = fastsam3d.get_spec("test-tiny-hires").config
     model = build_model(_refining(base), seed=5).eval()
     plain = build_model(base, seed=5).eval()

@@ -25,8 +25,8 @@ class FeatureRefiner(nn.Module):
     Per mask: a pointwise projection of ``[logit, f4, f8 upsampled x2, fine]`` to ``width``
     channels, one ``3^3`` convolution and a pointwise output that starts at zero (the features
     bring their own context from the stem; on CPU, depthwise and dilated 3D convolutions train
-    slower than this full one at width 8). The features' share of the
-    projection is computed once per image and shared by its masks.
+    slower than this full one at width 8). The features' share of the projection is computed
+    once per image and shared by its masks.
     """
 
     def __init__(self, feature_channels: int, fine_channels: int, width: int = 8) -> None:

@@ -111,9 +111,7 @@ class TwoWayAttentionBlock3D(nn.Module):
 class TwoWayTransformer3D(nn.Module):
     """``depth`` two-way blocks then a final token->image attention."""
 
-    def __init__(self, cfg: DecoderConfig, fine_channels: int = 0) -> None:
-        """``fine_channels``: width of the prompt encoder's full-resolution embedding (0: none);
-        only the feature refiner needs it."""
+    def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         dim = cfg.transformer_dim
         self.layers = nn.ModuleList(
