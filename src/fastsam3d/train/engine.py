@@ -40,11 +40,11 @@ from ..data.frame import FrameSpec, normalize_roi, roi_around
 from ..data.io import read_volume
 from ..data.volume import Volume
 from ..errors import InputError
-from ..eval.datasets import Case
+from ..eval.datasets import Case, load_cases
 from ..eval.runner import load_targets
 from ..files import atomic_output
 from .config import DataConfig, EngineConfig
-from .data import sample_rng
+from .data import TrainingRegions, sample_rng
 
 log = logging.getLogger(__name__)
 
@@ -583,6 +583,19 @@ class EngineRegions(Dataset[dict[str, torch.Tensor]]):
                         part[kept[:, 0], kept[:, 1], kept[:, 2]] = True
                         mask = part
         return mask if int(mask.sum()) >= self.min_cells else None
+
+
+def training_regions(
+    data: DataConfig, frame: FrameSpec, seed: int
+) -> TrainingRegions | EngineRegions:
+    """The training samples of a ``[data]`` section: the engine's regions when it is enabled,
+    else regions around the labelled structures."""
+    cases = load_cases(
+        data.root, data.layout, split=data.split, channel=data.channel, modality=data.modality
+    )
+    if data.engine.enabled:
+        return EngineRegions(cases, data, frame, seed)
+    return TrainingRegions(cases, data, frame, seed)
 
 
 def sample_grid(dataset: EngineRegions, indices: Sequence[int], path: Path) -> Path:

@@ -42,7 +42,7 @@ from ..files import atomic_output
 from ..modeling.sam3d import Sam3D
 from .config import DistillConfig, InteractiveConfig, TrainConfig, config_to_dict
 from .data import StepBatches, TrainingRegions
-from .engine import EngineRegions
+from .engine import EngineRegions, training_regions
 from .objectives import (
     DistillStep,
     InteractiveStep,
@@ -113,18 +113,7 @@ class Trainer:
         else:
             self._build_distill()
         frame = FrameSpec.for_model(self.model.cfg)
-        cases = load_cases(
-            config.data.root,
-            config.data.layout,
-            split=config.data.split,
-            channel=config.data.channel,
-            modality=config.data.modality,
-        )
-        self.dataset: TrainingRegions | EngineRegions
-        if config.data.engine.enabled:
-            self.dataset = EngineRegions(cases, config.data, frame, config.run.seed)
-        else:
-            self.dataset = TrainingRegions(cases, config.data, frame, config.run.seed)
+        self.dataset = training_regions(config.data, frame, config.run.seed)
         self.trainable = [p for p in self.step_module.parameters() if p.requires_grad]
         if not self.trainable:
             raise InputError("nothing to train: every parameter is frozen")

@@ -73,10 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
     from ..data.frame import FrameSpec
-    from ..eval.datasets import load_cases
     from .config import load_config
-    from .data import TrainingRegions
-    from .engine import EngineRegions
+    from .engine import training_regions
 
     parser = argparse.ArgumentParser(prog="python -m fastsam3d.train.target_sizes")
     parser.add_argument("config", help="training config with a [model] section")
@@ -90,15 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{args.config} has no [model] section (a distillation config?)")
     torch.set_num_threads(args.threads)
     frame = FrameSpec.for_model(config.model.model_config())
-    data = config.data
-    cases = load_cases(
-        data.root, data.layout, split=data.split, channel=data.channel, modality=data.modality
-    )
-    dataset: Dataset[dict[str, torch.Tensor]] = (
-        EngineRegions(cases, data, frame, config.run.seed)
-        if data.engine.enabled
-        else TrainingRegions(cases, data, frame, config.run.seed)
-    )
+    dataset = training_regions(config.data, frame, config.run.seed)
     indices = tqdm(range(args.samples), desc="regions", unit="region")
     sizes = target_volumes(dataset, indices, frame.size * frame.spacing)
     print(f"{args.config}: {args.samples} regions of {frame.size * frame.spacing:g} mm")
