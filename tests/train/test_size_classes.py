@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from fastsam3d.errors import InputError
-from fastsam3d.train.size_classes import class_names, dice_by_size, runs_in_order, size_table
+from fastsam3d.train.size_classes import (
+    class_names,
+    dice_by_size,
+    main,
+    runs_in_order,
+    size_table,
+)
 
 
 def _rows(dice_by_ml: dict[float, float], click: int = 5) -> list[dict[str, str]]:
@@ -63,3 +69,13 @@ def test_table_follows_the_readme_order(tmp_path: Path) -> None:
     assert table[-1] == "| a-first | 0.500 | - | 0.100 |"
     with pytest.raises(InputError, match=r"train-ct\.csv"):
         size_table(tmp_path, click=5, part="train-ct")
+
+
+def test_command_line_names_the_bad_folder_and_bounds(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(SystemExit):
+        main([str(missing)])
+    assert f"{missing} is not a folder of experiment runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--bounds", "10,big"])
+    assert "'10,big'" in capsys.readouterr().err

@@ -131,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         bounds = [float(b) for b in args.bounds.split(",")]
     except ValueError:
         parser.error(f"--bounds must be numbers in mL separated by commas, got {args.bounds!r}")
-    print(size_table(args.root, args.click, args.part, bounds))
+    try:
+        print(size_table(args.root, args.click, args.part, bounds))
+    except InputError as error:
+        parser.error(str(error))
 
 
 if __name__ == "__main__":
