@@ -121,6 +121,17 @@ def test_resume_continues_bit_identically(tmp_path) -> None:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_fresh_start_replaces_the_metrics_of_an_earlier_run_in_its_folder(tmp_path) -> None:
+    """A run cut off before its first checkpoint leaves rows; starting again from step 0 (as
+    ``--resume auto`` does without a checkpoint) must not append to them."""
+    cfg = train_config(str(tmp_path), steps=2)
+    metrics = tmp_path / "metrics.csv"
+    Trainer(parse_config(cfg), "train", progress=False).run()
+    Trainer(parse_config(cfg), "train", progress=False).run()
+    with metrics.open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2]
+
+
 def test_resume_reads_checkpoints_written_before_a_model_config_field_existed(tmp_path) -> None:
     """A checkpoint whose ``model_config`` lacks a field added later (here ``input``) resumes
     as that field's default; one whose model really differs is refused by name."""

@@ -143,6 +143,8 @@ class Trainer:
             resume = from_rank0(None if resume is None else str(resume))
         if resume is not None:
             self._resume(Path(resume))
+        else:
+            self._trim_metrics()
 
     # -- building ---------------------------------------------------------------------------
 
@@ -521,15 +523,22 @@ class Trainer:
                 torch.cuda.set_rng_state(ranks[self.rank]["cuda"], self.device)
         else:  # another number of processes: fresh generators for this rank and step
             self._seed_global_rng(self.step)
-        metrics = self.out / "metrics.csv"
-        if self.rank == 0 and metrics.exists():  # drop rows logged after this checkpoint
-            with metrics.open(newline="") as f:
-                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-            with atomic_output(metrics) as tmp, tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(kept)
+        self._trim_metrics()
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _trim_metrics(self) -> None:
+        """Drop the rows of ``metrics.csv`` logged after ``self.step``: those of a run cut off
+        after its last checkpoint, or, on a fresh start (step 0), all rows of an earlier run
+        in the same folder, so the file describes one run without repeated steps."""
+        metrics = self.out / "metrics.csv"
+        if self.rank != 0 or not metrics.exists():
+            return
+        with metrics.open(newline="") as f:
+            kept = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        with atomic_output(metrics) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(kept)
 
     def validate(self) -> dict[str, float]:
         """Evaluate the current model with the harness; appends to ``validation.csv``. Under
