@@ -311,3 +311,32 @@ def test_demo_checks_structures_before_writing(structures, match, tmp_path, caps
     code = main(["demo", "--out", str(out), "--structures", structures, "--runtime", "torch"])
     _fails(capsys, code, match)
     assert not out.exists()
+
+
+def test_weights_with_changed_model_options_load_with_from_checkpoint(
+    tmp_path, existing_output, capsys
+) -> None:
+    """Weights trained with a registry model's options changed (a training config's
+    ``[model] encoder = {...}``) name the differing field and the way to load them; with
+    ``--model from-checkpoint`` they run with the architecture they carry."""
+    import dataclasses
+
+    cfg = fastsam3d.get_spec("test-tiny-student").config
+    cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, layer_scale_init=0.1))
+    model = fastsam3d.build_model(cfg, seed=0)
+    ckpt = fastsam3d.save_native(
+        tmp_path / "changed.safetensors", model.state_dict(), model.cfg, "test-tiny-student"
+    )
+    image = samples.sample("ct").image
+    code = _segment(image, existing_output, ckpt, "--point", "82,58,99")
+    _fails(
+        capsys,
+        code,
+        "encoder.layer_scale_init: 0.1 in the file, 0.0 named",
+        existing_output,
+    )
+    out = tmp_path / "mask.nii.gz"
+    args = ["segment", str(image), "--point", "82,58,99", "--out", str(out), "--threads", "2"]
+    assert main([*args, "--model", "from-checkpoint", "--checkpoint", str(ckpt)]) == 0
+    assert out.is_file()
+    _fails(capsys, main([*args, "--model", "from-checkpoint"]), "needs --checkpoint FILE")

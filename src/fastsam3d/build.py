@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -156,9 +156,12 @@ def load_model(
             and not fresh
             and not _same_architecture(base, report.model_config)
         ):
+            diffs = config_differences(report.model_config, base)
             raise CheckpointMismatchError(
-                f"{report.files[0][0]} was written for model {report.model_name!r}, whose "
-                f"architecture differs from {_label(name)!r}"
+                f"{report.files[0][0]} was written for model {report.model_name!r} with another "
+                f"architecture than {_label(name)!r} ({'; '.join(diffs[:6])}"
+                f"{'; ...' if len(diffs) > 6 else ''}): load it with the architecture it names "
+                "(load_model(None, path), or --model from-checkpoint on the command line)"
             )
     cfg = resolve_config(base, attn_impl, sparse)
     label = _label(name) if name is not None else report.model_name or ""
@@ -198,6 +201,24 @@ def _verified_bundled_weights(name: str) -> Path:
 
 def _label(name: str | ModelConfig) -> str:
     return name if isinstance(name, str) else "custom config"
+
+
+def config_differences(in_file: ModelConfig, named: ModelConfig) -> list[str]:
+    """The architecture fields that differ, as ``"encoder.depth: 6 in the file, 12 named"``
+    (runtime-only fields, the attention implementation and sparse attention, left out)."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    a = flat(in_file.with_attention("sdpa", None, None).to_dict())
+    b = flat(named.with_attention("sdpa", None, None).to_dict())
+    return [
+        f"{k}: {a.get(k)!r} in the file, {b.get(k)!r} named"
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k)
+    ]
 
 
 def _same_architecture(a: ModelConfig, b: ModelConfig) -> bool:

@@ -20,6 +20,8 @@ from ..runtime.select import CHOICES as RUNTIME_CHOICES
 
 RANDOM = "random"
 """``--checkpoint random``: random weights, only when asked for (tests, benchmarks)."""
+FROM_CHECKPOINT = "from-checkpoint"
+"""``--model`` value: build the architecture the checkpoint file names."""
 
 
 def model_parent(*, repeatable: bool = False, with_2d: bool = False) -> argparse.ArgumentParser:
@@ -32,7 +34,7 @@ def model_parent(*, repeatable: bool = False, with_2d: bool = False) -> argparse
     from ..sam2d.registry import MODELS_2D
 
     parent = argparse.ArgumentParser(add_help=False)
-    names = [*list_models()] + (["from-checkpoint"] if repeatable else [])
+    names = [*list_models(), FROM_CHECKPOINT]
     names += list(MODELS_2D) if with_2d else []
     parent.add_argument(
         "--model",
@@ -40,8 +42,9 @@ def model_parent(*, repeatable: bool = False, with_2d: bool = False) -> argparse
         default=None if repeatable else DEFAULT_MODEL,
         choices=names,
         metavar="NAME",
-        help="registry name (fastsam3d models)"
-        + ("; from-checkpoint: the architecture the file names; repeatable" if repeatable else "")
+        help="registry name (fastsam3d models); from-checkpoint: the architecture the "
+        "checkpoint file names (for weights trained with changed model options)"
+        + ("; repeatable" if repeatable else "")
         + (f"; 2D baselines, slice by slice: {', '.join(MODELS_2D)}" if with_2d else "")
         + f" (default {DEFAULT_MODEL}, whose weights are bundled)" * (not repeatable),
     )
@@ -105,9 +108,14 @@ def load_for_command(
     name: str | None, files: list[str] | None, device: str, seed: int = 0
 ) -> tuple[Any, str]:
     """The model and a label for it: ``files`` ``None`` = bundled weights, ``["random"]`` =
-    random weights from ``seed``."""
+    random weights from ``seed``; ``name`` ``None`` or ``"from-checkpoint"``: the architecture
+    the checkpoint file names."""
     from ..build import load_model
 
+    if name == FROM_CHECKPOINT:
+        name = None
+    if name is None and files is None:
+        raise InputError("--model from-checkpoint needs --checkpoint FILE")
     if files is not None and RANDOM in files:
         if files != [RANDOM]:
             raise InputError(f"--checkpoint random stands alone, got {files}")
@@ -117,7 +125,7 @@ def load_for_command(
         return model, f"{name} (random weights)"
     checkpoint = None if files is None else files[0] if len(files) == 1 else files
     model = load_model(name, checkpoint, device=resolve_device(device), seed=seed)
-    label = name or "from-checkpoint"
+    label = name or FROM_CHECKPOINT
     if files is not None:
         label += f" ({', '.join(Path(f).name for f in files)})"
     return model, label

@@ -10,6 +10,7 @@ from ..demo import read_demo_scan, run_demo
 from ..registry import get_spec
 from ..samples import SAMPLES
 from .common import (
+    FROM_CHECKPOINT,
     apply_threads,
     compute_parent,
     load_for_command,
@@ -51,15 +52,16 @@ def run(args: argparse.Namespace) -> int:
     t2 = time.perf_counter()
     image = SAMPLES[args.sample].image
     print(f"scan    {image.name}: {scan.volume.describe()} (read in {1e3 * (t1 - t0):.0f} ms)")
-    spec = get_spec(args.model)
-    if files is None and spec.trained_on:
+    spec = None if args.model == FROM_CHECKPOINT else get_spec(args.model)
+    if files is None and spec is not None and spec.trained_on:
         seen = args.sample in spec.trained_on
         print(
             f"        {'used for' if seen else 'held out from'} training the bundled weights "
             f"(trained on: {', '.join(spec.trained_on)})"
         )
     weights = " (bundled weights)" if files is None else f": {label}"
-    print(f"model   {args.model}{weights}, runtime {runtime} (ready in {1e3 * (t2 - t1):.0f} ms)")
+    shown = label if args.model == FROM_CHECKPOINT else f"{args.model}{weights}"
+    print(f"model   {shown}, runtime {runtime} (ready in {1e3 * (t2 - t1):.0f} ms)")
     print(
         "clicks are placed by a simulated user at the centre of the largest error, using "
         "TotalSegmentator's labels (its predictions, not manual ground truth)"

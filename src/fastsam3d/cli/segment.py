@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..interactive.session import Session
 from ..registry import get_spec
 from .common import (
+    FROM_CHECKPOINT,
     apply_threads,
     compute_parent,
     load_for_command,
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     _stage("load image", 1e3 * (time.perf_counter() - t), volume.describe())
     t = time.perf_counter()
     files = single_checkpoint(args)
-    if files is None and get_spec(args.model).weights is None:
+    if files is None and args.model != FROM_CHECKPOINT and get_spec(args.model).weights is None:
         raise InputError(
             f"model {args.model!r} has no bundled weights: pass --checkpoint (published "
             "SAM-Med3D / FastSAM3D weights), or use --model fastsam3d-lite"
