@@ -1,6 +1,6 @@
 """Draw what the training data engine makes (the model card's sample grid).
 
-    .venv/bin/python scripts/engine_samples.py [--config configs/lite/teacher.toml]
+    .venv/bin/python scripts/engine_samples.py [--config configs/lite/v4/student.toml]
         [--out docs/eval/engine-samples.png] [--samples 0,1,2,3,4,5]
 
 Builds the engine exactly as the config's ``[data]`` table does (same seed) and draws, per sample,
@@ -21,7 +21,7 @@ from fastsam3d.train.engine import EngineRegions, sample_grid
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/lite/teacher.toml")
+    parser.add_argument("--config", default="configs/lite/v4/student.toml")
     parser.add_argument("--out", default="docs/eval/engine-samples.png")
     parser.add_argument("--samples", default="0,1,2,3,4,5,6,7")
     args = parser.parse_args()

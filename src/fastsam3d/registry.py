@@ -62,8 +62,10 @@ _STUDENT = EncoderConfig(
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """Folder of the weights shipped inside the package."""
 
-# fastsam3d-lite: a conv stem before the ViT whose S/8 and S/4 maps also reach the decoder's
-# upscaling (SAM 2 style), the mask input (previous logits + click maps) added at full logit
+# fastsam3d-lite (v4 weights): a conv stem before the ViT whose S/8 and S/4 maps also reach the
+# decoder's upscaling (SAM 2 style) through per-channel gates that start closed, LayerScale in
+# the ViT's blocks, tokens centred before the neck (so the embedding carries what differs
+# across the region), the mask input (previous logits + click maps) added at full logit
 # resolution, and all clicks of the region sent with every prediction
 _LITE_PROMPT = PromptEncoderConfig(
     embed_dim=96,
@@ -80,6 +82,7 @@ _LITE_DECODER = DecoderConfig(
     iou_head_hidden_dim=128,
     upscale_channels=(32, 16),
     image_features=True,
+    feature_gates=True,
 )
 _LITE_TEACHER = EncoderConfig(
     embed_dim=256,
@@ -90,9 +93,17 @@ _LITE_TEACHER = EncoderConfig(
     out_chans=96,
     stem_channels=(24, 48),
     feature_channels=(32, 16),
+    layer_scale_init=0.1,
+    center_tokens=True,
 )
 _LITE_STUDENT = replace(  # FastSAM3D's layout
-    _STUDENT, embed_dim=192, out_chans=96, stem_channels=(24, 48), feature_channels=(32, 16)
+    _STUDENT,
+    embed_dim=192,
+    out_chans=96,
+    stem_channels=(24, 48),
+    feature_channels=(32, 16),
+    layer_scale_init=0.1,
+    center_tokens=True,
 )
 _TINY_PROMPT = PromptEncoderConfig(embed_dim=48, mask_in_chans=8)
 _TINY_DECODER = DecoderConfig(transformer_dim=48, num_heads=4, mlp_dim=96, iou_head_hidden_dim=32)
@@ -124,8 +135,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "fastsam3d-lite-teacher",
             ModelConfig(encoder=_LITE_TEACHER, prompt=_LITE_PROMPT, decoder=_LITE_DECODER),
-            "Our open teacher: conv stem + 12 global blocks, width 256, stem features in the "
-            "decoder (trained here, see MODEL_CARD.md)",
+            "Our open teacher: conv stem + 12 global blocks, width 256, gated stem features in "
+            "the decoder (trained here, see MODEL_CARD.md)",
         ),
         ModelSpec(
             "fastsam3d-lite",
@@ -133,7 +144,7 @@ MODELS: dict[str, ModelSpec] = {
             "Our open default: conv stem + 6 blocks (2 MLP-only), width 192, distilled here; "
             "weights bundled",
             weights="fastsam3d-lite.safetensors",
-            weights_sha256="62b0f598fa0c09ac90dcdc6510031cbe990f98d3f69008f920011bc4b884f234",
+            weights_sha256="edef49662d3720da68175bab4ffe4e4ea42ed5b8af6a7a1822c68b5fbc1f56c3",
             trained_on=("ct", "ct_sm", "mr"),
         ),
         ModelSpec(

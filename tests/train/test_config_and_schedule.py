@@ -143,6 +143,37 @@ def test_every_shipped_recipe_and_experiment_config_parses() -> None:
         assert config.run.steps >= 1, path
 
 
+def test_recipe_configs_build_the_architecture_they_were_written_for() -> None:
+    """The registry's fastsam3d-lite carries the v4 options; the v4 recipe builds exactly the
+    registry entries, and the v2 recipe (and every experiment written before v4) pins the
+    options it was trained with, so re-running it builds its own architecture."""
+    from pathlib import Path
+
+    from fastsam3d.registry import get_spec
+    from fastsam3d.train.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "lite"
+    for stage, sections in (
+        ("teacher", ("model",)),
+        ("distill", ("teacher", "student")),
+        ("student", ("model",)),
+    ):
+        v4 = load_config(root / "v4" / f"{stage}.toml")
+        v2 = load_config(root / f"{stage}.toml")
+        for section in sections:
+            new, old = getattr(v4, section), getattr(v2, section)
+            assert new.model_config() == get_spec(new.name).config, (stage, section)
+            built = old.model_config()
+            assert built.encoder.layer_scale_init == 0.0
+            assert not built.encoder.center_tokens
+            assert not built.decoder.feature_gates
+    # experiments before e14 never centred tokens; e07 (no features) must not get gates
+    for path in sorted((root / "exp").glob("*.toml")):
+        built = load_config(path).model.model_config()  # validated: raises if inconsistent
+        if path.stem < "e14":
+            assert not built.encoder.center_tokens, path
+
+
 def test_decay_vectors_false_exempts_vectors_and_position_tables(tmp_path) -> None:
     from fastsam3d.train.loop import Trainer
 
