@@ -212,8 +212,8 @@ def config_differences(in_file: ModelConfig, named: ModelConfig) -> list[str]:
             return {prefix[:-1]: d}
         return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
 
-    a = flat(in_file.with_attention("sdpa", None, None).to_dict())
-    b = flat(named.with_attention("sdpa", None, None).to_dict())
+    a = flat(_without_runtime(in_file).to_dict())
+    b = flat(_without_runtime(named).to_dict())
     return [
         f"{k}: {a.get(k)!r} in the file, {b.get(k)!r} named"
         for k in sorted(a.keys() | b.keys())
@@ -221,9 +221,14 @@ def config_differences(in_file: ModelConfig, named: ModelConfig) -> list[str]:
     ]
 
 
+def _without_runtime(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with the runtime-only fields (attention implementation, sparse attention) reset."""
+    return cfg.with_attention("sdpa", None, None)
+
+
 def _same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
     """Equal up to runtime-only fields (attention implementation, sparse attention)."""
-    return a.with_attention("sdpa", None, None) == b.with_attention("sdpa", None, None)
+    return _without_runtime(a) == _without_runtime(b)
 
 
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:

@@ -12,7 +12,6 @@ from ..eval.clicks import EVAL_SIMULATORS
 from ..eval.datasets import LAYOUTS
 from ..files import atomic_output
 from .common import (
-    FROM_CHECKPOINT,
     apply_threads,
     compute_parent,
     load_2d_for_command,
@@ -143,8 +142,7 @@ def _methods(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
             label += _slice_label(args)
             methods.append(SliceMethod(label, model_2d, args.slice_axis, intensity))
             continue
-        arch = None if name == FROM_CHECKPOINT else name
-        model, label = load_for_command(arch, files, args.device, seed=args.seed)
+        model, label = load_for_command(name, files, args.device, seed=args.seed)
         runner, runtime = prepared(model, args)
         if runtime != "torch":
             label += f" [{runtime}]"
