@@ -4,8 +4,10 @@ takes minutes on 2 cores: the training runs themselves are tested in ``test_trai
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import io
+import json
 import tarfile
 import tomllib
 from pathlib import Path
@@ -73,7 +75,9 @@ def test_stage_configs_are_the_recipe_on_this_machine(name: str, tmp_path: Path)
         **recipe["data"]["engine"],
         "cache_dir": str(tmp_path / "cache"),
     }
-    assert config["optim"]["lr"] == recipe["optim"]["lr"]
+    # the rate grows with the square root of the batch (4 here)
+    scale = (4 / recipe["data"]["batch_size"]) ** 0.5
+    assert config["optim"]["lr"] == pytest.approx(recipe["optim"]["lr"] * scale)
     assert config["optim"]["schedule"] == recipe["optim"]["schedule"]
     # warm-up scaled with the steps
     expected_warmup = round(recipe["optim"]["warmup_steps"] * 500 / recipe["run"]["steps"])
@@ -134,6 +138,9 @@ def test_pack_cuts_the_records_in_pieces_that_join(
     (out / "student").mkdir(parents=True)
     (out / "student" / "model.safetensors").write_bytes(bytes(range(256)) * 10)
     (out / "student" / "last.pt").write_bytes(b"optimizer state" * 100)
+    (out / "distill").mkdir()
+    (out / "distill" / "model.safetensors").write_bytes(b"distilled" * 100)
+    (out / "distill" / "metrics.csv").write_text("step,loss\n1,0.5\n")
     (out / "engine-cache").mkdir()
     (out / "engine-cache" / "slic-ct-0.npy").write_bytes(b"x" * 100)
     (out / "recipe.json").write_text("{}")
@@ -146,7 +153,7 @@ def test_pack_cuts_the_records_in_pieces_that_join(
         model = tar.extractfile("student/model.safetensors")
         assert model is not None
         assert model.read() == bytes(range(256)) * 10
-    assert names == ["recipe.json", "student/model.safetensors"]
+    assert names == ["distill/metrics.csv", "recipe.json", "student/model.safetensors"]
     assert not (tmp_path / "pack" / "recipe.tar").exists()
     assert sorted(p.name for p in (tmp_path / "pack").iterdir()) == [p.name for p in pieces]
 
@@ -180,3 +187,35 @@ def test_build_cache_writes_the_supervoxels_a_recipe_trains_on(tmp_path: Path) -
     target = tmp_path / "seeded"
     gpu_recipe.seed_cache(archive, target)
     assert sorted(p.name for p in target.iterdir()) == files
+
+
+def test_dry_run_trains_scores_and_packs(tmp_path: Path) -> None:
+    """The whole script on the CPU: a miniature model, the v4 recipe on the small CT slab."""
+    recipe_dir = tmp_path / "recipe"
+    recipe_dir.mkdir()
+    for name in ("teacher", "distill", "student"):
+        config = tomllib.loads((RECIPE / f"{name}.toml").read_text())
+        config["data"]["root"] = "ct_sm"
+        config["data"]["engine"]["supervoxels"] = [40]
+        (recipe_dir / f"{name}.toml").write_text(gpu_recipe.to_toml(config))
+    out, pieces = tmp_path / "out", tmp_path / "pack"
+    status = gpu_recipe.main(
+        ["--out", str(out), "--recipe", str(recipe_dir), "--dry-run", "--minutes", "0.1",
+         "--calibration-steps", "3", "--pack", str(pieces)]
+    )  # fmt: skip
+    assert status == 0
+    report = json.loads((pieces / "recipe.json").read_text())
+    assert "error" not in report
+    assert list(report["stages"]) == ["teacher", "distill", "student"]
+    for stage in report["stages"].values():
+        assert stage["steps"] == 2  # the dry run's floor: 0.1 minutes fit fewer
+        assert stage["seconds_per_step"] > 0
+    assert report["train_ct_eval"]["exit"] == 0
+    joined = b"".join(p.read_bytes() for p in sorted(pieces.glob("recipe.tar.part-*")))
+    with tarfile.open(fileobj=io.BytesIO(joined)) as tar:
+        names = set(tar.getnames())
+    for stage in ("teacher", "student"):
+        assert {f"{stage}/model.safetensors", f"{stage}/metrics.csv", f"{stage}.log"} <= names
+    assert "train-ct/results.csv" in names
+    rows = list(csv.DictReader((out / "train-ct" / "results.csv").open()))
+    assert {r["structure"] for r in rows} == {"spleen"}
