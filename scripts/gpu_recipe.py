@@ -39,20 +39,31 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # the lent machine runs the checkout, not an install
+
+import torch  # noqa: E402
+
+from fastsam3d.bench.encoders import machine_info  # noqa: E402
+from fastsam3d.data.frame import FrameSpec  # noqa: E402
+from fastsam3d.files import atomic_output  # noqa: E402
+from fastsam3d.train.config import load_config  # noqa: E402
+from fastsam3d.train.engine import training_regions  # noqa: E402
+
 STAGES = (("teacher", 0.55), ("distill", 0.13), ("student", 0.32))
 """Stage name (``RECIPE/NAME.toml``) and its share of the training minutes."""
 TRAIN_STRUCTURES = (
@@ -257,21 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
     )
-    if not args.dry_run:
-        import torch
-
-        if not torch.cuda.is_available():
-            print("gpu_recipe: no CUDA device visible to torch; use --dry-run", file=sys.stderr)
-            return 1
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_recipe: no CUDA device visible to torch; use --dry-run", file=sys.stderr)
+        return 1
     report: dict[str, Any] = {
         "recipe": str(recipe_dir),
         "minutes": args.minutes,
         "device": device,
         "amp": amp,
         "dry_run": args.dry_run,
-        "python": platform.python_version(),
         "git": _git_head(),
-        "gpu": _gpu_name(device),
+        "machine": machine_info(threads),
         "stages": {},
     }
     cache_dir = out / "engine-cache"
@@ -413,13 +420,6 @@ def build_engine_cache(recipe_dir: Path, archive: Path) -> list[str]:
     """Compute the data engine's supervoxels for every scan the recipe's stages train on and
     write them to ``archive`` (a ``.tgz`` of one folder, ``engine-cache/``) for
     ``--engine-cache``; returns the files' names."""
-    import dataclasses
-    import tempfile
-
-    from fastsam3d.data.frame import FrameSpec
-    from fastsam3d.train.config import load_config
-    from fastsam3d.train.engine import training_regions
-
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(tmp) / "engine-cache"
         for name, _ in STAGES:
@@ -460,9 +460,8 @@ def seed_cache(source: Path, cache_dir: Path) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 def _git_head() -> str:
@@ -472,14 +471,6 @@ def _git_head() -> str:
         ).stdout.strip()
     except OSError:
         return "unknown"
-
-
-def _gpu_name(device: str) -> str:
-    if device != "cuda":
-        return "none"
-    import torch
-
-    return str(torch.cuda.get_device_name(0))
 
 
 if __name__ == "__main__":
