@@ -203,12 +203,13 @@ def test_models_with_a_detail_refiner_run_on_every_runtime(tmp_path, gen) -> Non
 
 
 @needs_exports
-@pytest.mark.parametrize("variant", ["v2", "v3", "refiner"])
+@pytest.mark.parametrize("variant", ["v2", "v3", "refiner", "similarity"])
 def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant) -> None:
     """The lite layout (conv stem, features packed into the embedding, fine prompt path) runs
     unchanged on every runtime; ``v3`` adds LayerScale, the attention distance bias, centred
     tokens and open feature gates; ``refiner`` decodes from the ViT and refines with the
-    features."""
+    features; ``similarity`` adds the click-similarity prompt (and decodes another number of
+    clicks than the graph was exported with)."""
     model = fastsam3d.load_model("test-tiny-hires", seed=7, random_weights=True)
     if variant == "v3":
         cfg = model.cfg
@@ -233,7 +234,23 @@ def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant)
         assert refiner is not None
         with torch.no_grad():
             refiner.out.weight.normal_(generator=torch.Generator().manual_seed(1))
+    if variant == "similarity":
+        cfg = model.cfg
+        cfg = dataclasses.replace(
+            cfg,
+            decoder=dataclasses.replace(cfg.decoder, feature_gates=True, click_similarity=True),
+        )
+        model = fastsam3d.build_model(cfg, seed=7).eval()
+        prompt = model.mask_decoder.similarity
+        assert prompt is not None
+        with torch.no_grad():
+            model.mask_decoder.feature_gate8.fill_(0.7)
+            model.mask_decoder.feature_gate4.fill_(1.3)
+            prompt.coarse.weight.normal_(generator=torch.Generator().manual_seed(1))
+            prompt.fine.weight.normal_(generator=torch.Generator().manual_seed(2))
     image, points, labels = tiny_inputs(model, gen, n_points=2)
+    more_points = torch.cat([points, points.flip(2)], dim=1)
+    more_labels = torch.tensor([[1, 0, 0, 1]])
     zeros = torch.zeros(1, 1, 16, 16, 16)
     with torch.inference_mode():
         emb = model.encode(image)
@@ -249,3 +266,7 @@ def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant)
             got = fast.decode(fast_emb, points, labels, mask_logits=want)[0]
             ref = model.decode(emb, points, labels, want)[0]
             torch.testing.assert_close(got, ref, atol=1e-3, rtol=1e-3)
+            if variant == "similarity":
+                got = fast.decode(fast_emb, more_points, more_labels, mask_logits=want)[0]
+                ref = model.decode(emb, more_points, more_labels, want)[0]
+                torch.testing.assert_close(got, ref, atol=1e-3, rtol=1e-3)

@@ -25,6 +25,7 @@ from .modeling.feature_refiner import FeatureRefiner
 from .modeling.layers import LayerNorm3d
 from .modeling.prompt_encoder import PositionEmbeddingRandom3D
 from .modeling.sam3d import Sam3D
+from .modeling.similarity import SimilarityPrompt
 from .registry import MODELS, get_spec
 
 log = logging.getLogger(__name__)
@@ -319,7 +320,7 @@ def init_weights(model: Sam3D, generator: torch.Generator) -> None:
     for table in fill_fixed_tables(model):
         mark(table)
     for module in model.modules():
-        if isinstance(module, DetailRefiner | FeatureRefiner):
-            module.zero_output()  # a refiner added to a trained model changes nothing at first
+        if isinstance(module, DetailRefiner | FeatureRefiner | SimilarityPrompt):
+            module.zero_output()  # a part added to a trained model changes nothing at first
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in done]
     assert not left, f"init_weights missed {left}"

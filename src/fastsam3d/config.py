@@ -286,6 +286,13 @@ class DecoderConfig:
     conv net whose last layer starts at zero (:mod:`fastsam3d.modeling.feature_refiner`), so
     the features refine the ViT's mask instead of replacing it. Needs ``image_features``; not
     with ``feature_gates``."""
+    click_similarity: bool = False
+    """Feed the decoder each token's cosine similarity to the clicked tokens of the ViT's
+    embedding (:mod:`fastsam3d.modeling.similarity`), so a mask can follow the tissue a click
+    lies in beyond its surroundings. Every path it adds starts at zero."""
+    similarity_logits: bool = True
+    """With ``click_similarity``: also add the maps to each mask's logits, weighted by that
+    mask's token (experiment e25; e24 ran without it)."""
     refine_channels: int = 0
     """Width of the detail refiner (0: none, as upstream). With it, :meth:`Sam3D.encode` packs
     the image's statistics on the logit grid into the embedding and a small dilated 3D conv net
@@ -295,6 +302,10 @@ class DecoderConfig:
         _check_choice("attn_impl", self.attn_impl, AttentionImpl)
         if self.refine_channels < 0:
             raise InputError(f"refine_channels must be >= 0, got {self.refine_channels}")
+        if self.click_similarity and self.refine_with_features:
+            raise InputError(
+                "click_similarity feeds the upscaling, which refine_with_features skips"
+            )
         inner = self.transformer_dim // self.attention_downsample_rate
         if self.transformer_dim % self.num_heads or inner % self.num_heads:
             raise InputError(

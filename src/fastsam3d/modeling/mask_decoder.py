@@ -17,6 +17,7 @@ from ..config import AttentionImpl, DecoderConfig, SparseAttentionConfig
 from .detail import DetailRefiner
 from .feature_refiner import FeatureRefiner
 from .layers import MLP, LayerNorm3d, MLPBlock
+from .similarity import SimilarityPrompt
 from .sparse_attention import dilated_cross_attention
 
 
@@ -174,6 +175,9 @@ class MaskDecoder3D(nn.Module):
             dim, cfg.iou_head_hidden_dim, self.num_mask_tokens, cfg.iou_head_depth
         )
         self.refiner = DetailRefiner(cfg.refine_channels) if cfg.refine_channels else None
+        self.similarity = (
+            SimilarityPrompt(dim, w4, cfg.similarity_logits) if cfg.click_similarity else None
+        )
         self.feature_refiner = (
             FeatureRefiner(w2 + w4, fine_channels) if cfg.refine_with_features else None
         )
@@ -188,6 +192,7 @@ class MaskDecoder3D(nn.Module):
         detail: torch.Tensor | None = None,
         features: list[torch.Tensor] | None = None,
         fine: torch.Tensor | None = None,
+        similarity: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode masks.
 
@@ -205,6 +210,9 @@ class MaskDecoder3D(nn.Module):
             fine: ``(B, w4, 4G, 4G, 4G)`` full-resolution prompt embedding added at the last
                 stage, or read by the feature refiner (models whose prompt encoder has
                 ``fine_channels``).
+            similarity: ``(B, 2, G, G, G)`` click similarity
+                (:func:`~fastsam3d.modeling.similarity.click_similarity`; models with
+                ``click_similarity`` only).
 
         Returns:
             ``(logits (B, 1|M, 4G, 4G, 4G), iou (B, 1|M))``.
@@ -213,6 +221,13 @@ class MaskDecoder3D(nn.Module):
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], dim=1)
         src = image_embedding.expand(b, -1, -1, -1, -1) + dense
+        if self.similarity is not None:
+            if similarity is None:
+                raise ValueError("this decoder reads the click similarity: pass similarity")
+            similarity = similarity.to(src.dtype)
+            src = src + self.similarity.tokens(similarity)
+            fine_sim = self.similarity.upscaled(similarity)
+            fine = fine_sim if fine is None else fine + fine_sim
         pos = image_pe.to(src.dtype).expand(b, -1, -1, -1, -1)
         hs, src_tokens = self.transformer(src, pos, tokens)
         iou_out = hs[:, 0]
@@ -229,6 +244,9 @@ class MaskDecoder3D(nn.Module):
         )
         bu, cu, *spatial = upscaled.shape
         masks = (hyper @ upscaled.view(bu, cu, -1)).view(bu, -1, *spatial)
+        if self.similarity is not None and self.similarity.mix is not None:
+            assert similarity is not None
+            masks = masks + self.similarity.logits(similarity, mask_out)
         iou = self.iou_prediction_head(iou_out)
         chosen = slice(1, None) if multimask else slice(0, 1)
         masks, iou = masks[:, chosen], iou[:, chosen]

@@ -22,6 +22,7 @@ from .detail import N_STATS, image_detail, pack, unpack
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
+from .similarity import click_similarity
 
 
 class EmbeddingParts(NamedTuple):
@@ -188,6 +189,9 @@ class Sam3D(nn.Module):
             mask_logits = mask_logits.to(self.dtype)
         sparse, dense, fine = self.prompt_encoder.embed_all(points, labels, mask_logits)
         parts = self.split_embedding(embedding.to(self.dtype))
+        similarity = None
+        if self.cfg.decoder.click_similarity:
+            similarity = click_similarity(parts.vit, points, labels, self.cfg.image_size)
         return self.mask_decoder(
             parts.vit,
             self.prompt_encoder.dense_pe(),
@@ -197,6 +201,7 @@ class Sam3D(nn.Module):
             parts.detail,
             parts.features,
             fine,
+            similarity,
         )
 
     def forward(
