@@ -12,7 +12,7 @@ its boundary), a region of the model's frame around it, and two masks inside tha
 The report gives both Dice scores against the structure inside the region and the model
 mask's size as a share of the structure's. On the v4 weights the embedding covers the training
 CT's liver with Dice 0.84 where the model's own mask is a blob of 4% of it: the information is
-in the embedding and the decoder does not read it (model card, experiments e23-e26).
+in the embedding and the decoder does not read it (model card, experiments e23-e27).
 
     python -m fastsam3d.train.similarity_probe ct --structures liver,spleen,colon
 """
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from ..build import load_model
@@ -34,6 +33,7 @@ from ..data.io import read_volume
 from ..data.volume import Volume
 from ..errors import InputError
 from ..eval.datasets import load_cases
+from ..eval.metrics import dice
 from ..eval.runner import load_targets
 from ..modeling.sam3d import Sam3D, upsample_logits
 from ..modeling.similarity import click_similarity
@@ -55,11 +55,6 @@ class SimilarityProbe:
     threshold: float
 
 
-def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 1.0
-
-
 def probe_structure(
     model: Sam3D, volume: Volume, name: str, truth: np.ndarray, frame: FrameSpec
 ) -> SimilarityProbe:
@@ -68,7 +63,7 @@ def probe_structure(
     click = np.array(np.unravel_index(int(np.argmax(depth)), truth.shape), dtype=np.float64)
     roi = roi_around(volume, click, frame)
     image = normalize_roi(resample_to_roi(volume, roi), frame.normalization)
-    inside = resample_to_roi(Volume(truth.astype(np.float32), volume.affine), roi) > 0.5
+    inside = (resample_to_roi(Volume(truth.astype(np.float32), volume.affine), roi) > 0.5).numpy()
     point = (roi.roi_from_volume(volume) @ np.r_[click, 1.0])[:3]
     points = torch.tensor(point[None, None], dtype=torch.float32, device=model.device)
     labels = torch.ones(1, 1, dtype=torch.long, device=model.device)
@@ -77,14 +72,13 @@ def probe_structure(
         embedding = model.encode(image[None, None].to(model.device, model.dtype))
         empty = torch.zeros(1, 1, low, low, low, device=model.device, dtype=model.dtype)
         logits, _ = model.decode(embedding, points, labels, mask_logits=empty)
-        own = upsample_logits(logits.float(), size)[0, 0].cpu() > 0
+        own = (upsample_logits(logits.float(), size)[0, 0] > 0).cpu().numpy()
         sim = click_similarity(embedding[:, :d].float(), points, labels, size)[:, :1]
-        sim = F.interpolate(sim, size=(size,) * 3, mode="trilinear", align_corners=False)
-    sim = sim[0, 0].cpu()
-    best, at = max((_dice(sim > t, inside), t) for t in THRESHOLDS)
+        sim_up = upsample_logits(sim, size)[0, 0].cpu().numpy()
+    best, at = max((dice(sim_up > t, inside), t) for t in THRESHOLDS)
     voxels = int(inside.sum())
     return SimilarityProbe(
-        name, voxels, _dice(own, inside), int(own.sum()) / max(voxels, 1), best, at
+        name, voxels, dice(own, inside), int(own.sum()) / max(voxels, 1), best, at
     )
 
 
