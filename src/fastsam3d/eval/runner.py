@@ -248,14 +248,15 @@ def _gather_parts(parts: Path, names: Sequence[str]) -> None:
             if path.is_file():
                 mine[path.name] = path.read_text()
     gathered = distributed.gather_to_rank0(mine)
-    if gathered is None:
-        return
-    for files in gathered:
+    for files in gathered or []:
         for file_name, text in files.items():
             path = parts / file_name
             if not path.is_file() or path.read_text() != text:
                 with atomic_output(path) as tmp:
                     tmp.write_text(text)
+    # No rank leaves (and may tear down its process group) while rank 0 still receives: gloo
+    # aborts a sender whose group is destroyed with a send in flight.
+    distributed.barrier()
 
 
 def _done(parts: Path, name: str) -> bool:
