@@ -203,13 +203,14 @@ def test_models_with_a_detail_refiner_run_on_every_runtime(tmp_path, gen) -> Non
 
 
 @needs_exports
-@pytest.mark.parametrize("variant", ["v2", "v3", "refiner", "similarity"])
+@pytest.mark.parametrize("variant", ["v2", "v3", "refiner", "similarity", "fine_stage"])
 def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant) -> None:
     """The lite layout (conv stem, features packed into the embedding, fine prompt path) runs
     unchanged on every runtime; ``v3`` adds LayerScale, the attention distance bias, centred
     tokens and open feature gates; ``refiner`` decodes from the ViT and refines with the
     features; ``similarity`` adds the click-similarity prompt (and decodes another number of
-    clicks than the graph was exported with)."""
+    clicks than the graph was exported with); ``fine_stage`` returns logits at ``S/2`` and
+    takes them back as the mask prompt."""
     model = fastsam3d.load_model("test-tiny-hires", seed=7, random_weights=True)
     if variant == "v3":
         cfg = model.cfg
@@ -248,10 +249,24 @@ def test_models_with_image_features_run_on_every_runtime(tmp_path, gen, variant)
             model.mask_decoder.feature_gate4.fill_(1.3)
             prompt.coarse.weight.normal_(generator=torch.Generator().manual_seed(1))
             prompt.fine.weight.normal_(generator=torch.Generator().manual_seed(2))
+    if variant == "fine_stage":
+        cfg = model.cfg
+        cfg = dataclasses.replace(
+            cfg,
+            encoder=dataclasses.replace(cfg.encoder, fine_feature_channels=4),
+            decoder=dataclasses.replace(cfg.decoder, fine_stage=True),
+        )
+        model = fastsam3d.build_model(cfg, seed=7).eval()
+        stage = model.mask_decoder.fine_stage
+        assert stage is not None
+        with torch.no_grad():
+            for mlp in stage.hypernetworks:
+                mlp.layers[-1].weight.normal_(generator=torch.Generator().manual_seed(3))
     image, points, labels = tiny_inputs(model, gen, n_points=2)
     more_points = torch.cat([points, points.flip(2)], dim=1)
     more_labels = torch.tensor([[1, 0, 0, 1]])
-    zeros = torch.zeros(1, 1, 16, 16, 16)
+    low = model.cfg.low_res_size
+    zeros = torch.zeros(1, 1, low, low, low)
     with torch.inference_mode():
         emb = model.encode(image)
         want = model.decode(emb, points, labels, zeros)[0]

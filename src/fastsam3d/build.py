@@ -22,6 +22,7 @@ from .errors import InputError
 from .modeling.attention import EncoderAttention
 from .modeling.detail import DetailRefiner
 from .modeling.feature_refiner import FeatureRefiner
+from .modeling.fine_stage import FineStage
 from .modeling.layers import LayerNorm3d
 from .modeling.prompt_encoder import PositionEmbeddingRandom3D
 from .modeling.sam3d import Sam3D
@@ -320,7 +321,7 @@ def init_weights(model: Sam3D, generator: torch.Generator) -> None:
     for table in fill_fixed_tables(model):
         mark(table)
     for module in model.modules():
-        if isinstance(module, DetailRefiner | FeatureRefiner | SimilarityPrompt):
+        if isinstance(module, DetailRefiner | FeatureRefiner | SimilarityPrompt | FineStage):
             module.zero_output()  # a part added to a trained model changes nothing at first
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in done]
     assert not left, f"init_weights missed {left}"

@@ -139,6 +139,11 @@ class EncoderConfig:
     """High-resolution image features handed to the mask decoder: ``(f8, f4)`` channels at
     ``S/8`` and ``S/4`` (1x1 projections of the stem's outputs; the decoder's upscaling widths).
     Empty: none (upstream). Needs a stem."""
+    fine_feature_channels: int = 0
+    """Image features at ``S/2`` for the decoder's fine stage (``DecoderConfig.fine_stage``): a
+    stride-2 ``2^3`` convolution of the image and a residual ``3^3`` convolution, computed once
+    per region in ``encode`` (the stem itself starts at ``S/4``). 0: none (upstream). Needs
+    ``feature_channels``."""
     layer_scale_init: float = 0.0
     """LayerScale (CaiT): each block's attention and MLP branch is multiplied by a learned
     per-channel vector (``ls1``, ``ls2``) initialised to this value, so blocks start close to
@@ -167,6 +172,13 @@ class EncoderConfig:
             raise InputError(
                 f"feature_channels must be two widths (S/8, S/4) and needs a stem, got "
                 f"{self.feature_channels} with stem {self.stem_channels}"
+            )
+        if self.fine_feature_channels < 0 or (
+            self.fine_feature_channels and not self.feature_channels
+        ):
+            raise InputError(
+                "fine_feature_channels must be >= 0 and needs feature_channels, got "
+                f"{self.fine_feature_channels} with feature_channels {self.feature_channels}"
             )
         if self.attn_distance_bias and (self.window_size != 0 or self.sparse is not None):
             raise InputError(
@@ -293,6 +305,13 @@ class DecoderConfig:
     similarity_logits: bool = True
     """With ``click_similarity``: also add the maps to each mask's logits, weighted by that
     mask's token (experiment e25; e24 ran without it)."""
+    fine_stage: bool = False
+    """A third upscaling stage to ``8G`` (``S/2``: 64^3 logits for 128^3 regions, 3 mm at the
+    usual 1.5 mm) fed by the encoder's ``S/2`` features (``EncoderConfig.fine_feature_channels``,
+    also its width): the logits are the ``4G`` ones upsampled plus a correction from that stage,
+    whose hypernetwork outputs start at zero (:mod:`fastsam3d.modeling.fine_stage`). At ``4G``
+    (6 mm cells) a rib or a thin vessel is drawn only from well-calibrated logits of the few
+    cells it crosses. Needs ``image_features``."""
     refine_channels: int = 0
     """Width of the detail refiner (0: none, as upstream). With it, :meth:`Sam3D.encode` packs
     the image's statistics on the logit grid into the embedding and a small dilated 3D conv net
@@ -398,6 +417,20 @@ class ModelConfig:
                 f"prompt.fine_channels ({self.prompt.fine_channels}) must equal the decoder's "
                 f"last upscale width ({widths[1]})"
             )
+        fine = self.encoder.fine_feature_channels
+        if self.decoder.fine_stage != bool(fine):
+            raise InputError(
+                f"decoder.fine_stage ({self.decoder.fine_stage}) and "
+                f"encoder.fine_feature_channels ({fine}) come together"
+            )
+        if self.decoder.fine_stage and not (self.decoder.image_features and self.prompt.click_maps):
+            raise InputError(
+                "decoder.fine_stage needs decoder.image_features and prompt.click_maps"
+            )
+        if self.decoder.fine_stage and (
+            self.decoder.refine_with_features or self.decoder.refine_channels
+        ):
+            raise InputError("decoder.fine_stage does not combine with the refiners")
         if self.decoder.sparse is not None:
             self.decoder.sparse.check(
                 self.encoder.grid_size**3, self.decoder.num_heads, "decoder", segmented=False
@@ -414,8 +447,9 @@ class ModelConfig:
 
     @property
     def low_res_size(self) -> int:
-        """Side of the low-resolution mask logits (4x the embedding grid: 32 for 128^3)."""
-        return 4 * self.encoder.grid_size
+        """Side of the low-resolution mask logits: 4x the embedding grid (32 for 128^3), 8x
+        with ``decoder.fine_stage``."""
+        return (8 if self.decoder.fine_stage else 4) * self.encoder.grid_size
 
     def with_attention(
         self,

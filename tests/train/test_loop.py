@@ -282,6 +282,27 @@ def test_frozen_parts_do_not_change(tmp_path) -> None:
     )
 
 
+def test_the_fine_stages_features_train_with_the_decoder(tmp_path) -> None:
+    """``trainable = "prompt_decoder"`` keeps the encoder frozen except the ``S/2`` features
+    that only the decoder's fine stage reads."""
+    cfg = train_config(str(tmp_path), steps=2)
+    cfg["model"] = {
+        "name": "test-tiny-hires",
+        "encoder": {"fine_feature_channels": 4},
+        "decoder": {"fine_stage": True},
+    }
+    cfg["interactive"]["trainable"] = "prompt_decoder"
+    trainer = Trainer(parse_config(cfg), "train", progress=False)
+    encoder = trainer.model.image_encoder
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    trainer.run()
+    changed = {k for k, v in encoder.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed
+    assert all(k.startswith("fine_features.") for k in changed)
+    model = fastsam3d.load_model(None, tmp_path / "model.safetensors")
+    assert model.cfg.low_res_size == 2 * fastsam3d.get_spec("test-tiny-hires").config.low_res_size
+
+
 def test_cli_train_and_resume(tmp_path, capsys) -> None:
     path = _toml(train_config(str(tmp_path / "cli"), steps=2), tmp_path / "t.toml")
     assert main(["train", "--config", str(path)]) == 0

@@ -62,6 +62,20 @@ class ConvStem(nn.Module):
         return tokens, map8, map4
 
 
+class FineFeatures(nn.Module):
+    """``(B, in_chans, S, S, S)`` -> ``(B, C, S/2, S/2, S/2)`` image features for the decoder's fine
+    stage (:mod:`fastsam3d.modeling.fine_stage`): a stride-2 ``2^3`` conv and a residual ``3^3``
+    conv."""
+
+    def __init__(self, in_chans: int, channels: int) -> None:
+        super().__init__()
+        self.patch2 = nn.Conv3d(in_chans, channels, kernel_size=2, stride=2)
+        self.block2 = ResidualConv3d(channels)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.block2(self.patch2(image))
+
+
 class FeatureHeads(nn.Module):
     """1x1 projections of the stem's maps to the decoder's upscaling widths ``(f8, f4)``."""
 
@@ -140,6 +154,9 @@ class ImageEncoderViT3D(nn.Module):
         self.features: FeatureHeads | None = None
         if cfg.feature_channels:
             self.features = FeatureHeads(cfg.stem_channels, cfg.feature_channels)
+        self.fine_features: FineFeatures | None = None
+        if cfg.fine_feature_channels:
+            self.fine_features = FineFeatures(cfg.in_chans, cfg.fine_feature_channels)
         self.pos_embed = nn.Parameter(torch.zeros(1, g, g, g, cfg.embed_dim))
         self.blocks = nn.ModuleList(Block3D(cfg, i) for i in range(cfg.depth))
         self.neck = nn.Sequential(
@@ -165,6 +182,8 @@ class ImageEncoderViT3D(nn.Module):
             return self.patch_embed(image) + self.pos_embed, []
         tokens, map8, map4 = self.stem(image)
         features = [] if self.features is None else self.features(map8, map4)
+        if self.fine_features is not None:
+            features.append(self.fine_features(image))
         return tokens + self.pos_embed, features
 
     def head(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -180,7 +199,8 @@ class ImageEncoderViT3D(nn.Module):
 
     def forward_features(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Image embedding and the high-resolution features for the decoder: ``[(B, f8, S/8,
-        S/8, S/8), (B, f4, S/4, S/4, S/4)]`` (an empty list for encoders without them)."""
+        S/8, S/8), (B, f4, S/4, S/4, S/4)]``, then ``(B, f2, S/2, S/2, S/2)`` with
+        ``fine_feature_channels`` (an empty list for encoders without them)."""
         x, features = self._embed(image)
         for block in self.blocks:
             x = block(x)

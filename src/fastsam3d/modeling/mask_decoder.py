@@ -16,6 +16,7 @@ from torch import nn
 from ..config import AttentionImpl, DecoderConfig, SparseAttentionConfig
 from .detail import DetailRefiner
 from .feature_refiner import FeatureRefiner
+from .fine_stage import FineStage
 from .layers import MLP, LayerNorm3d, MLPBlock
 from .similarity import SimilarityPrompt
 from .sparse_attention import dilated_cross_attention
@@ -145,9 +146,12 @@ class TwoWayTransformer3D(nn.Module):
 class MaskDecoder3D(nn.Module):
     """Predicts low-resolution mask logits and IoU scores from image and prompt embeddings."""
 
-    def __init__(self, cfg: DecoderConfig, fine_channels: int = 0) -> None:
+    def __init__(
+        self, cfg: DecoderConfig, fine_channels: int = 0, fine_stage_channels: int = 0
+    ) -> None:
         """``fine_channels``: width of the prompt encoder's full-resolution embedding (0: none);
-        only the feature refiner needs it."""
+        only the feature refiner needs it. ``fine_stage_channels``: width of the encoder's
+        ``S/2`` features, read by the fine stage (``cfg.fine_stage``)."""
         super().__init__()
         dim = cfg.transformer_dim
         self.num_mask_tokens = cfg.num_multimask_outputs + 1
@@ -181,6 +185,11 @@ class MaskDecoder3D(nn.Module):
         self.feature_refiner = (
             FeatureRefiner(w2 + w4, fine_channels) if cfg.refine_with_features else None
         )
+        self.fine_stage = (
+            FineStage(dim, w4, fine_stage_channels, self.num_mask_tokens)
+            if cfg.fine_stage
+            else None
+        )
 
     def forward(
         self,
@@ -206,7 +215,9 @@ class MaskDecoder3D(nn.Module):
                 with a refiner only, see :mod:`fastsam3d.modeling.detail`).
             features: ``[(B or 1, w2, 2G, 2G, 2G), (B or 1, w4, 4G, 4G, 4G)]`` image features
                 added after each upscaling stage (models with ``image_features`` only), or
-                read by the feature refiner (``refine_with_features``).
+                read by the feature refiner (``refine_with_features``); a third, the ``S/2``
+                features as ``(B or 1, f2 * 8, 4G, 4G, 4G)``, feeds the fine stage
+                (``fine_stage``; layout of :func:`~fastsam3d.modeling.fine_stage.sub_cells`).
             fine: ``(B, w4, 4G, 4G, 4G)`` full-resolution prompt embedding added at the last
                 stage, or read by the feature refiner (models whose prompt encoder has
                 ``fine_channels``).
@@ -215,7 +226,7 @@ class MaskDecoder3D(nn.Module):
                 ``click_similarity`` only).
 
         Returns:
-            ``(logits (B, 1|M, 4G, 4G, 4G), iou (B, 1|M))``.
+            ``(logits (B, 1|M, L, L, L), iou (B, 1|M))``, ``L = 4G`` (``8G`` with a fine stage).
         """
         b = sparse.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -250,6 +261,11 @@ class MaskDecoder3D(nn.Module):
         iou = self.iou_prediction_head(iou_out)
         chosen = slice(1, None) if multimask else slice(0, 1)
         masks, iou = masks[:, chosen], iou[:, chosen]
+        if self.fine_stage is not None:
+            if features is None or len(features) != 3:
+                raise ValueError("this decoder has a fine stage: pass the encoder's three maps")
+            which = range(self.num_mask_tokens)[chosen]
+            masks = self.fine_stage(masks, upscaled, features[2], mask_out[:, chosen], which)
         if self.feature_refiner is not None:  # only the masks returned
             if features is None or len(features) != 2:
                 raise ValueError("this decoder refines masks from image features: pass both maps")
@@ -273,8 +289,8 @@ class MaskDecoder3D(nn.Module):
         up1, norm1, act1, up2, act2 = self.output_upscaling
         x = up1(x)
         if self.image_features:
-            if features is None or len(features) != 2:
-                raise ValueError("this decoder adds image features: pass the encoder's two maps")
+            if features is None or len(features) < 2:
+                raise ValueError("this decoder adds image features: pass the encoder's maps")
             x = x + _gated(features[0], self.feature_gate8)
         x = up2(act1(norm1(x)))
         if self.image_features:

@@ -23,6 +23,7 @@ import math
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import PromptEncoderConfig
@@ -63,14 +64,21 @@ class PromptEncoder3D(nn.Module):
         cfg: prompt encoder config (embedding dim ``D``).
         grid: side ``G`` of the image embedding.
         image_size: side ``S`` of the model input.
+        mask_size: side ``L`` of the mask prompt, the model's logits (default ``4G``; ``8G``
+            for decoders with a fine stage, whose logits are area-pooled to ``4G`` here).
     """
 
-    def __init__(self, cfg: PromptEncoderConfig, grid: int, image_size: int) -> None:
+    def __init__(
+        self, cfg: PromptEncoderConfig, grid: int, image_size: int, mask_size: int | None = None
+    ) -> None:
         super().__init__()
         dim = cfg.embed_dim
         self.embed_dim = dim
         self.grid = grid
         self.image_size = image_size
+        self._mask_size = 4 * grid if mask_size is None else mask_size
+        if self._mask_size % (4 * grid):
+            raise ValueError(f"mask_size {mask_size} is not a multiple of 4 x grid {grid}")
         self.pe_layer = PositionEmbeddingRandom3D(dim // 3, swap_axes=cfg.swap_pe_axes)
         self.click_maps = cfg.click_maps
         self.click_map_sigma = cfg.click_map_sigma
@@ -93,8 +101,9 @@ class PromptEncoder3D(nn.Module):
 
     @property
     def mask_size(self) -> int:
-        """Side of the mask prompt (the low-resolution logits): ``4 G``."""
-        return 4 * self.grid
+        """Side of the mask prompt (the low-resolution logits): ``4 G``, or ``8 G`` with a fine
+        stage."""
+        return self._mask_size
 
     def dense_pe(self) -> torch.Tensor:
         """``(1, D, G, G, G)`` positional encoding of the image embedding (float32)."""
@@ -130,7 +139,7 @@ class PromptEncoder3D(nn.Module):
         in mask-grid cells from the cell centre to the click (a voxel index of the model input;
         cell ``c`` covers voxels ``[c s, (c + 1) s)``, ``s = S / 4G``). Padding (-1) is ignored.
         """
-        size = self.mask_size
+        size = 4 * self.grid
         stride = self.image_size / size
         centres = (torch.arange(size, device=points.device, dtype=torch.float32) + 0.5) * stride
         # (B, N, 3, L): per-axis squared distance in cells
@@ -154,6 +163,8 @@ class PromptEncoder3D(nn.Module):
         maps = self.render_clicks(points, labels)
         if mask_logits is None:
             mask_logits = maps.new_zeros(points.shape[0], 1, *maps.shape[2:])
+        elif mask_logits.shape[-1] != maps.shape[-1]:  # fine-stage logits: back to 4G
+            mask_logits = F.avg_pool3d(mask_logits, mask_logits.shape[-1] // maps.shape[-1])
         dense_in = torch.cat([mask_logits.to(maps.dtype), maps], dim=1)
         return dense_in.to(self.no_mask_embed.weight.dtype)
 

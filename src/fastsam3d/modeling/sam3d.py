@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .detail import N_STATS, image_detail, pack, unpack
+from .fine_stage import sub_cells
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
@@ -31,7 +32,9 @@ class EmbeddingParts(NamedTuple):
     vit: torch.Tensor
     """``(B, D, G, G, G)`` image embedding."""
     features: list[torch.Tensor]
-    """High-resolution features ``[(B, f8, 2G, ...), (B, f4, 4G, ...)]`` or empty."""
+    """High-resolution features ``[(B, f8, 2G, ...), (B, f4, 4G, ...)]`` or empty; with a fine
+    stage also the ``S/2`` features as ``(B, f2 * 8, 4G, ...)``, each ``4G`` cell's ``2^3``
+    sub-cells in channels (:func:`~fastsam3d.modeling.fine_stage.sub_cells`)."""
     detail: torch.Tensor | None
     """``(B, 4, 4G, 4G, 4G)`` image statistics (refiner models) or ``None``."""
 
@@ -43,8 +46,14 @@ class Sam3D(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.image_encoder = ImageEncoderViT3D(cfg.encoder)
-        self.prompt_encoder = PromptEncoder3D(cfg.prompt, cfg.embedding_grid, cfg.image_size)
-        self.mask_decoder = MaskDecoder3D(cfg.decoder, fine_channels=cfg.prompt.fine_channels)
+        self.prompt_encoder = PromptEncoder3D(
+            cfg.prompt, cfg.embedding_grid, cfg.image_size, cfg.low_res_size
+        )
+        self.mask_decoder = MaskDecoder3D(
+            cfg.decoder,
+            fine_channels=cfg.prompt.fine_channels,
+            fine_stage_channels=cfg.encoder.fine_feature_channels,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -64,10 +73,10 @@ class Sam3D(nn.Module):
         Returns:
             ``(B, D, G, G, G)``; ``(B, 384, 8, 8, 8)`` for the released models. Models with
             high-resolution image features append them folded into channels (``f8 * 2^3 +
-            f4 * 4^3``), models with a detail refiner ``4 * 4^3`` channels of the image's
-            statistics on the logit grid (:mod:`~fastsam3d.modeling.detail`); one tensor, so
-            sessions cache it and runtimes export it unchanged. :meth:`split_embedding` undoes
-            the packing.
+            f4 * 4^3``, and ``f2 * 8^3`` with a fine stage), models with a detail refiner
+            ``4 * 4^3`` channels of the image's statistics on the logit grid
+            (:mod:`~fastsam3d.modeling.detail`); one tensor, so sessions cache it and runtimes
+            export it unchanged. :meth:`split_embedding` undoes the packing.
         """
         image = image.to(self.dtype)
         return self._pack(image, *self.image_encoder.forward_features(image))
@@ -95,21 +104,28 @@ class Sam3D(nn.Module):
     def split_embedding(self, embedding: torch.Tensor) -> EmbeddingParts:
         """:meth:`encode`'s output -> its parts (ViT embedding, decoder features, detail)."""
         d, g = self.cfg.prompt.embed_dim, self.cfg.embedding_grid
-        start = d
-        features = []
-        for channels, factor in self._feature_layout():
-            width = channels * factor**3
-            features.append(unpack(embedding[:, start : start + width], factor))
-            start += width
+        layout = self._feature_layout()
+        widths = [d, *(channels * factor**3 for channels, factor in layout)]
+        rest = embedding.shape[1] - sum(widths)
+        # one split, not a slice per part: in training, the backward of each slice would
+        # write a zero gradient the size of the whole embedding
+        parts = torch.split(embedding, [*widths, rest] if rest else widths, dim=1)
+        features = [
+            sub_cells(p) if f == 8 else unpack(p, f)  # the fine stage's layout
+            for p, (_, f) in zip(parts[1:], layout, strict=False)
+        ]
         detail = None
         if self.mask_decoder.refiner is not None:
-            detail = unpack(embedding[:, start:], self.cfg.low_res_size // g)
-        return EmbeddingParts(embedding[:, :d], features, detail)
+            detail = unpack(parts[-1], self.cfg.low_res_size // g)
+        return EmbeddingParts(parts[0], features, detail)
 
     def _feature_layout(self) -> list[tuple[int, int]]:
         """``(channels, upsampling factor)`` of each high-resolution feature map."""
         widths = self.cfg.encoder.feature_channels
-        return list(zip(widths, (2, 4), strict=True)) if widths else []
+        layout = list(zip(widths, (2, 4), strict=True)) if widths else []
+        if self.cfg.encoder.fine_feature_channels:
+            layout.append((self.cfg.encoder.fine_feature_channels, 8))
+        return layout
 
     @property
     def embedding_channels(self) -> int:
@@ -152,13 +168,14 @@ class Sam3D(nn.Module):
             points: ``(B, N, 3)`` float voxel indices of the ``S^3`` model input, tensor axis
                 order.
             labels: ``(B, N)`` int: 1 foreground, 0 background, -1 padding (ignored).
-            mask_logits: optional ``(B, 1, 4G, 4G, 4G)`` previous low-resolution logits. Upstream
+            mask_logits: optional ``(B, 1, L, L, L)`` previous low-resolution logits
+                (``L = cfg.low_res_size``: ``4G``, ``8G`` with a fine stage). Upstream
                 evaluates the first click with all zeros here (not ``None``) and later clicks
                 with the previous logits.
             multimask: return 3 candidate masks instead of 1.
 
         Returns:
-            ``(low_res_logits (B, 1|3, 4G, 4G, 4G), iou (B, 1|3))``; threshold logits at 0.
+            ``(low_res_logits (B, 1|3, L, L, L), iou (B, 1|3))``; threshold logits at 0.
         """
         self.check_prompts(points, labels, mask_logits)
         b = points.shape[0]

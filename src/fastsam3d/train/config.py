@@ -201,6 +201,9 @@ class InteractiveConfig:
     """Iterations (at random positions after the first, plus the last) that add no click and
     only feed the previous logits back."""
     trainable: Literal["all", "decoder", "prompt_decoder", "encoder_last"] = "prompt_decoder"
+    """Which parts learn. The encoder's ``S/2`` features of a fine stage
+    (``EncoderConfig.fine_feature_channels``) serve only the decoder and train whenever it
+    does."""
     unfreeze_last_blocks: int = 0
     """With ``trainable = "encoder_last"``: also train the last N encoder blocks and the neck."""
     decoder_lr_scale: float = 1.0

@@ -174,6 +174,9 @@ class Trainer:
         else:
             for module in groups.values():
                 module.requires_grad_(True)
+        if inter.trainable != "all" and model.image_encoder.fine_features is not None:
+            # the S/2 features serve only the decoder's fine stage: they train with it
+            model.image_encoder.fine_features.requires_grad_(True)
         if inter.trainable == "encoder_last":
             n = inter.unfreeze_last_blocks
             if not 0 < n <= len(model.image_encoder.blocks):

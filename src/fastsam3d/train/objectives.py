@@ -198,12 +198,18 @@ class InteractiveStep(nn.Module):
         newest_only = mode == "newest"
         per_region = target.shape[1]
         encoder_trains = any(p.requires_grad for p in model.image_encoder.parameters())
+        vit_trains = any(
+            p.requires_grad
+            for n, p in model.image_encoder.named_parameters()
+            if not n.startswith("fine_features.")
+        )
         with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
             embedding = model.encode(image)
         weight = cfg.embedding_loss_weight
         vit = embedding[:, : model.cfg.prompt.embed_dim]  # without packed features or detail
-        aux = prototype_loss(vit, target) if weight and encoder_trains else None
-        if per_region > 1:
+        aux = prototype_loss(vit, target) if weight and vit_trains else None
+        if per_region > 1 and (embedding.shape[0] > 1 or cfg.feature_dropout > 0):
+            # one region's embedding is shared by its targets as is (decode broadcasts it)
             embedding = embedding.repeat_interleave(per_region, dim=0)
         if cfg.feature_dropout > 0:
             embedding = self._drop_features(embedding, indices, per_region)
