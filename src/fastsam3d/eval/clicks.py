@@ -25,6 +25,7 @@ from typing import Protocol
 
 import edt
 import numpy as np
+from scipy import ndimage
 
 from ..errors import InputError
 
@@ -54,6 +55,13 @@ class ClickSimulator(Protocol):
     ) -> SimulatedClick | None:
         """The click after ``step`` earlier clicks (0-based)."""
         ...
+
+
+def deepest_voxel(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """``(3,)`` float64 index of the voxel of ``mask`` farthest (in mm) from its boundary: the
+    first click of a probe (the first one in the array order where several tie)."""
+    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+    return np.array(np.unravel_index(int(np.argmax(depth)), mask.shape), dtype=np.float64)
 
 
 def _errors(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

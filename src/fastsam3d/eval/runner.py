@@ -38,7 +38,7 @@ from ..data.volume import Volume
 from ..errors import InputError
 from ..files import atomic_output
 from .clicks import ClickSimulator, make_simulator
-from .datasets import Case, Structure
+from .datasets import Case, Structure, load_cases
 from .protocols import ClickRecord, Method, Protocol, run_paper, run_realistic
 from .slicewise import SliceMethod, run_slices
 
@@ -157,6 +157,24 @@ def load_targets(case: Case, volume: Volume) -> list[tuple[Structure, np.ndarray
         arr = labels_at(s.path)
         targets.append((s, arr != 0 if s.value is None else arr == s.value))
     return targets
+
+
+def sample_structures(
+    sample: str, structures: Sequence[str] = (), min_voxels: int = 0
+) -> tuple[Volume, dict[str, np.ndarray]]:
+    """A bundled sample's first case: its image and the boolean masks of the structures named
+    (default: every structure of at least ``min_voxels`` voxels), in the order asked for. An
+    unknown name raises :class:`InputError` listing the structures there are."""
+    case = load_cases(sample, "samples")[0]
+    volume = read_volume(case.image, channel=case.channel)
+    targets = {s.name: m for s, m in load_targets(case, volume)}
+    unknown = sorted(set(structures) - set(targets))
+    if unknown:
+        raise InputError(
+            f"{sample}: no structure {', '.join(unknown)}; it has {', '.join(sorted(targets))}"
+        )
+    names = list(structures) or [n for n, m in targets.items() if m.sum() >= min_voxels]
+    return volume, {n: targets[n] for n in names}
 
 
 def _run_task(

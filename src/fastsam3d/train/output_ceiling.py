@@ -28,15 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from ..data.frame import FrameSpec, resample_to_roi, roi_around, roi_values_to_volume
-from ..data.io import read_volume
 from ..data.volume import Volume
 from ..errors import InputError
-from ..eval.datasets import load_cases
+from ..eval.clicks import deepest_voxel
 from ..eval.metrics import dice
-from ..eval.runner import load_targets
+from ..eval.runner import sample_structures
 
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
 """Shares of a cell above which the oracle draws it (the best one counts)."""
@@ -55,8 +53,7 @@ def structure_ceiling(
     volume: Volume, name: str, truth: np.ndarray, frame: FrameSpec, grids: Sequence[int]
 ) -> OutputCeiling:
     """The ceilings of one structure (``truth``: boolean mask on ``volume``'s grid)."""
-    depth = ndimage.distance_transform_edt(truth, sampling=volume.spacing)
-    click = np.array(np.unravel_index(int(np.argmax(depth)), truth.shape), dtype=np.float64)
+    click = deepest_voxel(truth, volume.spacing)
     roi = roi_around(volume, click, frame)
     share = resample_to_roi(Volume(truth.astype(np.float32), volume.affine), roi)[None, None]
     scores = {}
@@ -84,16 +81,8 @@ def scan_ceilings(
     min_voxels: int = 100,
 ) -> list[OutputCeiling]:
     """The ceilings of every structure (or those named) of a bundled sample's first case."""
-    case = load_cases(sample, "samples")[0]
-    volume = read_volume(case.image, channel=case.channel)
-    targets = {s.name: m for s, m in load_targets(case, volume)}
-    unknown = sorted(set(structures) - set(targets))
-    if unknown:
-        raise InputError(
-            f"{sample}: no structure {', '.join(unknown)}; it has {', '.join(sorted(targets))}"
-        )
-    names = list(structures) or [n for n, m in targets.items() if m.sum() >= min_voxels]
-    return [structure_ceiling(volume, n, targets[n], frame, grids) for n in names]
+    volume, targets = sample_structures(sample, structures, min_voxels)
+    return [structure_ceiling(volume, n, m, frame, grids) for n, m in targets.items()]
 
 
 def format_table(rows: Sequence[OutputCeiling], grids: Sequence[int]) -> str:

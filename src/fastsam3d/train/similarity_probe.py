@@ -25,16 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..build import load_model
 from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
-from ..data.io import read_volume
 from ..data.volume import Volume
-from ..errors import InputError
-from ..eval.datasets import load_cases
+from ..eval.clicks import deepest_voxel
 from ..eval.metrics import dice
-from ..eval.runner import load_targets
+from ..eval.runner import sample_structures
 from ..modeling.sam3d import Sam3D, upsample_logits
 from ..modeling.similarity import click_similarity
 
@@ -59,8 +56,7 @@ def probe_structure(
     model: Sam3D, volume: Volume, name: str, truth: np.ndarray, frame: FrameSpec
 ) -> SimilarityProbe:
     """The probe of one structure (``truth``: boolean mask on ``volume``'s grid)."""
-    depth = ndimage.distance_transform_edt(truth, sampling=volume.spacing)
-    click = np.array(np.unravel_index(int(np.argmax(depth)), truth.shape), dtype=np.float64)
+    click = deepest_voxel(truth, volume.spacing)
     roi = roi_around(volume, click, frame)
     image = normalize_roi(resample_to_roi(volume, roi), frame.normalization)
     inside = (resample_to_roi(Volume(truth.astype(np.float32), volume.affine), roi) > 0.5).numpy()
@@ -86,17 +82,9 @@ def probe_scan(
     model: Sam3D, sample: str, structures: Sequence[str] = (), min_voxels: int = 200
 ) -> list[SimilarityProbe]:
     """Probe every structure (or those named) of a bundled sample's first case."""
-    case = load_cases(sample, "samples")[0]
-    volume = read_volume(case.image, channel=case.channel)
+    volume, targets = sample_structures(sample, structures, min_voxels)
     frame = FrameSpec.for_model(model.cfg)
-    targets = {s.name: m for s, m in load_targets(case, volume)}
-    unknown = sorted(set(structures) - set(targets))
-    if unknown:
-        raise InputError(
-            f"{sample}: no structure {', '.join(unknown)}; it has {', '.join(sorted(targets))}"
-        )
-    names = list(structures) or [n for n, m in targets.items() if m.sum() >= min_voxels]
-    return [probe_structure(model, volume, n, targets[n], frame) for n in names]
+    return [probe_structure(model, volume, n, m, frame) for n, m in targets.items()]
 
 
 def format_table(rows: Sequence[SimilarityProbe]) -> str:
