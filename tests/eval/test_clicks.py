@@ -114,3 +114,59 @@ def test_make_simulator() -> None:
         make_simulator("oracle")
     with pytest.raises(ValueError, match="quirk"):
         make_simulator("random", logit_quirk=True)
+
+
+def _reference_deepest(fn: np.ndarray, fp: np.ndarray, spacing) -> tuple[float, bool] | None:
+    """Both error regions transformed on the whole grid: (depth, from the false negatives)."""
+    best = None
+    for region, negative in ((fn, True), (fp, False)):
+        if region.any():
+            top = float(edt.edt(np.pad(region, 1), anisotropy=spacing, black_border=True).max())
+            if best is None or top > best[0]:
+                best = (top, negative)
+    return best
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), SPACING, (0.7, 0.7, 3.3)])
+def test_one_transform_where_the_other_region_cannot_be_deeper_gives_the_same_clicks(
+    spacing,
+) -> None:
+    """The deeper error region is the one transforming both would find (ties to the false
+    negatives), and the clicks are those of transforming both."""
+    from fastsam3d.eval.clicks import _deepest_error, _depth_bound
+
+    rng = np.random.default_rng(3)
+    skipped = 0
+    for _ in range(60):
+        shape = (24, 20, 18)
+        gt = _blob(shape, rng.uniform(4, 16, 3), rng.uniform(1, 8))
+        pred = _blob(shape, rng.uniform(4, 16, 3), rng.uniform(1, 8))
+        fn, fp = gt & ~pred, pred & ~gt
+        expected = _reference_deepest(fn, fp, spacing)
+        found = _deepest_error(fn, fp, spacing)
+        if expected is None:
+            assert found is None
+            continue
+        assert found is not None
+        top, dist, box = found
+        assert top == pytest.approx(expected[0])
+        region = fn if expected[1] else fp
+        assert np.array_equal(dist > 0, region[box])  # the same region was chosen
+        for r in (fn, fp):
+            if r.any():
+                ys = np.flatnonzero(r.any(axis=(1, 2)))
+                xs = np.flatnonzero(r.any(axis=(0, 2)))
+                zs = np.flatnonzero(r.any(axis=(0, 1)))
+                b = (
+                    slice(ys[0], ys[-1] + 1),
+                    slice(xs[0], xs[-1] + 1),
+                    slice(zs[0], zs[-1] + 1),
+                )
+                deepest = edt.edt(np.pad(r, 1), anisotropy=spacing, black_border=True).max()
+                assert deepest <= _depth_bound(b, spacing) * (1 + 1e-6)
+                skipped += _depth_bound(b, spacing) * (1 + 1e-5) < top
+        for sim in (CenterClicker(), UpstreamClicker()):
+            a = sim.next_click(pred, gt, np.random.default_rng(9), spacing, 0)
+            assert a is not None
+            assert a.positive == expected[1]
+    assert skipped > 5  # the shortcut is taken, not only allowed

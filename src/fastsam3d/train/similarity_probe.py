@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from ..build import load_model
-from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
+from ..data.frame import FrameSpec
 from ..data.volume import Volume
-from ..eval.clicks import deepest_voxel
 from ..eval.metrics import dice
+from ..eval.probe import deepest_click_region
 from ..eval.runner import sample_structures
 from ..modeling.sam3d import Sam3D, upsample_logits
 from ..modeling.similarity import click_similarity
@@ -56,11 +56,8 @@ def probe_structure(
     model: Sam3D, volume: Volume, name: str, truth: np.ndarray, frame: FrameSpec
 ) -> SimilarityProbe:
     """The probe of one structure (``truth``: boolean mask on ``volume``'s grid)."""
-    click = deepest_voxel(truth, volume.spacing)
-    roi = roi_around(volume, click, frame)
-    image = normalize_roi(resample_to_roi(volume, roi), frame.normalization)
-    inside = (resample_to_roi(Volume(truth.astype(np.float32), volume.affine), roi) > 0.5).numpy()
-    point = (roi.roi_from_volume(volume) @ np.r_[click, 1.0])[:3]
+    region = deepest_click_region(volume, truth, frame)
+    image, inside, point = region.image, region.inside.numpy(), region.point
     points = torch.tensor(point[None, None], dtype=torch.float32, device=model.device)
     labels = torch.ones(1, 1, dtype=torch.long, device=model.device)
     size, low, d = model.cfg.image_size, model.cfg.low_res_size, model.cfg.prompt.embed_dim

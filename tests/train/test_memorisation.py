@@ -1,0 +1,68 @@
+"""The memorisation probe: fixed (region, one click) pairs, fitted in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fastsam3d
+from fastsam3d.errors import InputError
+from fastsam3d.train.memorisation import click_pairs, fit_pairs, main
+
+
+def _tiny():
+    return fastsam3d.load_model("test-tiny-hires", seed=3, random_weights=True)
+
+
+def test_one_pair_is_fitted_and_the_records_count_steps() -> None:
+    model = _tiny()
+    rng = np.random.default_rng(0)
+    pairs = click_pairs(model, "ct", 1, rng)
+    (pair,) = pairs
+    size = model.cfg.image_size
+    assert pair.image.shape == pair.target.shape == (1, 1, size, size, size)
+    assert pair.target.sum() > 0
+    i, j, k = (round(v) for v in pair.point[0, 0].tolist())
+    assert pair.target[0, 0, i, j, k] == 1  # the click lies in its structure
+    records = fit_pairs(model, pairs, 30, 1e-2, rng)
+    assert [r.epoch for r in records] == list(range(31))
+    assert [r.steps for r in records[:3]] == [0, 0, 1]
+    assert records[-1].loss < 0.7 * records[0].loss
+    assert records[0].dice < 0.3  # a random model draws no structure
+    assert records[-1].dice > 0.6  # and has learned this one
+
+
+def test_decoder_only_leaves_the_encoder_as_it_was() -> None:
+    model = _tiny()
+    rng = np.random.default_rng(1)
+    pairs = click_pairs(model, "ct", 2, rng)
+    assert len({p.structure for p in pairs}) == 2
+    encoder = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    decoder = {k: v.clone() for k, v in model.mask_decoder.state_dict().items()}
+    fit_pairs(model, pairs, 2, 1e-3, rng, trainable="decoder")
+    after = model.image_encoder.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in encoder.items())
+    changed = model.mask_decoder.state_dict()
+    assert any(not torch.equal(v, changed[k]) for k, v in decoder.items())
+
+
+def test_bad_requests_name_what_is_allowed() -> None:
+    model = _tiny()
+    rng = np.random.default_rng(0)
+    with pytest.raises(InputError, match=r"0 pairs asked for; it has \d+ structures"):
+        click_pairs(model, "ct", 0, rng)
+    with pytest.raises(InputError, match="9999 pairs"):
+        click_pairs(model, "ct", 9999, rng)
+    pairs = click_pairs(model, "ct", 1, rng)
+    with pytest.raises(InputError, match="choose all or decoder"):
+        fit_pairs(model, pairs, 1, 1e-3, rng, trainable="encoder")  # type: ignore[arg-type]
+
+
+def test_command_line_prints_a_table_and_plots(tmp_path, capsys) -> None:
+    plot = tmp_path / "curve.png"
+    argv = ["ct", "--pairs", "1", "--epochs", "1", "--threads", "1", "--plot", str(plot)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | all | 0.001 | 1 |" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
