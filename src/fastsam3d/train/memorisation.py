@@ -199,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{first.dice:.3f} | {last.dice:.3f} | {last.loss:.3f} |",
                 flush=True,
             )
-            curves[f"{count} pairs ({args.trainable}, lr {lr:g})"] = records
+            noun = "pair" if count == 1 else "pairs"
+            curves[f"{count} {noun} ({args.trainable}, lr {lr:g})"] = records
     if args.plot is not None:
         plot_curves(curves, args.plot)
         print(f"wrote {args.plot}")
