@@ -72,13 +72,15 @@ def _errors(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return g & ~p, p & ~g
 
 
-def _bounding_box(region: np.ndarray) -> tuple[slice, ...]:
-    """The smallest box holding every voxel of the non-empty ``region`` (from its projections
-    on each axis, several times faster than listing its voxels)."""
+def _bounding_box(region: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every voxel of ``region`` (``None`` if it is empty), from its
+    projections on each axis (several times faster than listing its voxels)."""
     box = []
     for axis in range(region.ndim):
         others = tuple(a for a in range(region.ndim) if a != axis)
         hit = np.flatnonzero(region.any(axis=others))
+        if len(hit) == 0:
+            return None
         box.append(slice(int(hit[0]), int(hit[-1]) + 1))
     return tuple(box)
 
@@ -93,18 +95,15 @@ def _depth_bound(box: tuple[slice, ...], spacing: Sequence[float]) -> float:
 
 
 def _inner_distance(
-    region: np.ndarray, spacing: Sequence[float], box: tuple[slice, ...] | None = None
-) -> tuple[np.ndarray, tuple[slice, ...]]:
+    region: np.ndarray, spacing: Sequence[float], box: tuple[slice, ...]
+) -> np.ndarray:
     """Distance (mm) of each voxel of ``region`` to its boundary, on the region's bounding box
-    ``box`` (computed when not given; padded by one background voxel, as upstream pads before
-    ``edt``)."""
-    if box is None:
-        box = _bounding_box(region)
+    ``box`` (padded by one background voxel, as upstream pads before ``edt``)."""
     padded = np.pad(region[box], 1)
     dist = edt.edt(
         padded, anisotropy=tuple(float(s) for s in spacing), black_border=True, parallel=1
     )
-    return dist[1:-1, 1:-1, 1:-1], box
+    return dist[1:-1, 1:-1, 1:-1]
 
 
 def _deepest_error(
@@ -118,7 +117,8 @@ def _deepest_error(
     other region's box cannot hold a deeper voxel (:func:`_depth_bound`): the region with
     the larger bound goes first, and the second is transformed only if it could still win.
     """
-    regions = [(r, _bounding_box(r), name) for r, name in ((fn, "fn"), (fp, "fp")) if r.any()]
+    boxes = ((r, _bounding_box(r), name) for r, name in ((fn, "fn"), (fp, "fp")))
+    regions = [(r, box, name) for r, box, name in boxes if box is not None]
     if not regions:
         return None
     regions.sort(key=lambda r: -_depth_bound(r[1], spacing))  # stable: fn first on equal bounds
@@ -128,7 +128,7 @@ def _deepest_error(
             bound = _depth_bound(box, spacing) * (1 + 1e-5)  # margin for float32 distances
             if bound < best[0]:
                 continue
-        dist, _ = _inner_distance(region, spacing, box)
+        dist = _inner_distance(region, spacing, box)
         top = float(dist.max())
         if best is None or top > best[0] or (top == best[0] and name == "fn"):
             best = (top, dist, box, name)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..contract import ConfiguredModel
-from ..data.frame import FrameSpec, Roi, normalize_roi, resample_to_roi, roi_around
+from ..data.frame import FrameSpec, normalize_roi, resample_to_roi, roi_around
 from ..data.volume import Volume
 from ..errors import InputError
 from ..modeling.sam3d import upsample_logits
@@ -38,15 +38,12 @@ class ClickRegion:
     """One positive click at a structure's deepest voxel and the model-frame region around it.
 
     ``image``: ``(S, S, S)`` normalised region; ``inside``: ``(S, S, S)`` bool, the structure
-    resampled into the region; ``point``: ``(3,)`` the click in region voxel coordinates;
-    ``click``: ``(3,)`` the click's voxel index in the volume.
+    resampled into the region; ``point``: ``(3,)`` the click in region voxel coordinates.
     """
 
-    roi: Roi
     image: torch.Tensor
     inside: torch.Tensor
     point: np.ndarray
-    click: np.ndarray
 
 
 def deepest_click_region(volume: Volume, truth: np.ndarray, frame: FrameSpec) -> ClickRegion:
@@ -57,7 +54,7 @@ def deepest_click_region(volume: Volume, truth: np.ndarray, frame: FrameSpec) ->
     image = normalize_roi(resample_to_roi(volume, roi), frame.normalization)
     inside = resample_to_roi(Volume(truth.astype(np.float32), volume.affine), roi) > 0.5
     point = (roi.roi_from_volume(volume) @ np.r_[click, 1.0])[:3]
-    return ClickRegion(roi, image, inside, point, click)
+    return ClickRegion(image, inside, point)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ..build import load_model
 from ..data.frame import FrameSpec
 from ..errors import InputError
+from ..eval.metrics import dice
 from ..eval.probe import deepest_click_region
 from ..eval.runner import sample_structures
 from ..files import atomic_output
@@ -128,10 +129,7 @@ def fit_pairs(
             logits, _ = model.decode(embedding, pair.point, positive, mask_logits=empty)
             up = upsample_logits(logits.float(), size)
             loss = dice_ce_loss(up, pair.target)
-            with torch.no_grad():
-                pred, truth = up > 0, pair.target > 0.5
-                total = int(pred.sum() + truth.sum())
-                dices.append(2 * int((pred & truth).sum()) / total if total else 1.0)
+            dices.append(dice((up.detach() > 0).cpu().numpy(), (pair.target > 0.5).cpu().numpy()))
             losses.append(float(loss.detach()))
             if epoch > 0:
                 optimiser.zero_grad(set_to_none=True)
