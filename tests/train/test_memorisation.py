@@ -64,5 +64,32 @@ def test_command_line_prints_a_table_and_plots(tmp_path, capsys) -> None:
     argv = ["ct", "--pairs", "1", "--epochs", "1", "--threads", "1", "--plot", str(plot)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| 1 | all | 0.001 | 1 |" in out
+    assert "| 1 | deepest | all | 0.001 | 1 |" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_clicks_from_the_inner_half_and_probes_at_the_deepest_voxel(tmp_path, capsys) -> None:
+    model = _tiny()
+    deepest = click_pairs(model, "ct", 2, np.random.default_rng(4))
+    rng = np.random.default_rng(4)
+    pairs = click_pairs(model, "ct", 2, rng, clicks_per_structure=3)
+    assert [p.structure for p in pairs] == [deepest[0].structure] * 3 + [deepest[1].structure] * 3
+    for pair in pairs:
+        i, j, k = (round(v) for v in pair.point[0, 0].tolist())
+        assert pair.target[0, 0, i, j, k] == 1
+    assert not torch.equal(pairs[0].image, pairs[1].image)  # each click opens its own region
+    assert not torch.equal(pairs[3].image, pairs[4].image)
+    records = fit_pairs(model, pairs, 2, 1e-3, rng, probes=deepest)
+    assert [r.steps_after for r in records] == [0, 6, 12]
+    assert all(r.probe_dice is not None and 0.0 <= r.probe_dice <= 1.0 for r in records)
+    assert fit_pairs(model, pairs, 1, 1e-3, rng)[-1].probe_dice is None
+    with pytest.raises(InputError, match="clicks_per_structure must be >= 0"):
+        click_pairs(model, "ct", 1, rng, clicks_per_structure=-1)
+    plot = tmp_path / "c.png"
+    argv = ["ct", "--pairs", "1", "--steps", "2", "--clicks-per-structure", "2",
+            "--threads", "1", "--plot", str(plot)]  # fmt: skip
+    assert main(argv) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 | 2 |")]
+    assert len(row) == 1
+    assert row[0].split("|")[5].strip() == "2"  # 1 epoch of 2 pairs
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

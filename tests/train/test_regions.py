@@ -88,3 +88,38 @@ def test_the_step_decodes_every_target_with_its_own_clicks() -> None:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_core_regions_are_centred_in_the_structures_inner_half() -> None:
+    """``region_centre = "core"`` without jitter: each region's centre is a voxel of the
+    structure's inner half (what a first click at the centre rule opens), and the draw changes
+    with the index."""
+    from scipy import ndimage
+
+    cfg = train_config("unused")
+    cfg["data"].update(structures=["liver", "spleen"], jitter_mm=0.0, region_centre="core")
+    config = parse_config(cfg)
+    cases = load_cases(config.data.root, config.data.layout)
+    regions = TrainingRegions(cases, config.data, FrameSpec(size=64), seed=1)
+    volume, masks = regions._load(0)
+    centres = set()
+    for index in range(6):
+        target, roi, _ = regions.region(index)
+        centre = (roi.volume_from_roi(volume) @ np.r_[[(64 - 1) / 2] * 3, 1.0])[:3]
+        voxel = tuple(int(np.rint(v)) for v in centre)
+        depth = ndimage.distance_transform_edt(masks[target.structure], volume.spacing)
+        assert depth[voxel] > depth.max() / 2
+        centres.add(voxel)
+        assert regions[index]["target"][0, 32, 32, 32] == 1  # the centre lies in the target
+    assert len(centres) == 6
+
+
+def test_core_regions_are_refused_with_the_engine() -> None:
+    import pytest
+
+    from fastsam3d.errors import InputError
+
+    cfg = train_config("unused")
+    cfg["data"].update(region_centre="core", engine={"enabled": True})
+    with pytest.raises(InputError, match="region_centre = 'core' applies to the labelled"):
+        parse_config(cfg)

@@ -35,7 +35,7 @@ PARTS = ("all", "vit", "features")
 
 @dataclass(frozen=True)
 class ClickRegion:
-    """One positive click at a structure's deepest voxel and the model-frame region around it.
+    """One positive click in a structure and the model-frame region around it.
 
     ``image``: ``(S, S, S)`` normalised region; ``inside``: ``(S, S, S)`` bool, the structure
     resampled into the region; ``point``: ``(3,)`` the click in region voxel coordinates.
@@ -49,7 +49,14 @@ class ClickRegion:
 def deepest_click_region(volume: Volume, truth: np.ndarray, frame: FrameSpec) -> ClickRegion:
     """The region a first click at ``truth``'s deepest voxel opens (``truth``: ``(I, J, K)``
     bool on ``volume``'s grid), as the probes of the training scripts use it."""
-    click = deepest_voxel(truth, volume.spacing)
+    return click_region(volume, truth, frame, deepest_voxel(truth, volume.spacing))
+
+
+def click_region(
+    volume: Volume, truth: np.ndarray, frame: FrameSpec, click: np.ndarray
+) -> ClickRegion:
+    """The region a first click at ``click`` (``(3,)`` voxel index of ``volume``) opens, with
+    ``truth`` (``(I, J, K)`` bool on ``volume``'s grid) resampled into it."""
     roi = roi_around(volume, click, frame)
     image = normalize_roi(resample_to_roi(volume, roi), frame.normalization)
     inside = resample_to_roi(Volume(truth.astype(np.float32), volume.affine), roi) > 0.5

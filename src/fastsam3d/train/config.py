@@ -115,7 +115,13 @@ class DataConfig:
     """Case ids never used for training (held out)."""
     min_volume_mm3: float = 1000.0
     jitter_mm: float = 20.0
-    """Region centre = structure centre + uniform jitter of up to this many mm per axis."""
+    """Region centre = the ``region_centre`` point + uniform jitter of up to this many mm per
+    axis."""
+    region_centre: Literal["box", "core"] = "box"
+    """Where a region is centred before the jitter: the structure's bounding-box centre, or a
+    uniform voxel of its inner half (farther from its boundary than half the largest
+    distance: upstream's first-click rule), as a user's first click centres a session's
+    region."""
     batch_size: int = 1
     targets_per_region: int = 1
     """Structures trained per region: the drawn one plus up to N-1 others that appear in it
@@ -131,6 +137,14 @@ class DataConfig:
     model can fit one region). 0: every step draws new regions."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        if self.region_centre != "box" and self.engine.enabled:
+            raise InputError(
+                f"[data] region_centre = {self.region_centre!r} applies to the labelled "
+                "regions only; the data engine places its own: set [data.engine] enabled = "
+                "false or leave region_centre at 'box'"
+            )
 
 
 @dataclass(frozen=True)
@@ -212,6 +226,11 @@ class InteractiveConfig:
     """Grid of the loss and the click simulation (e.g. 64 for 128^3 inputs: 8x fewer voxels
     than the input, 10x faster steps); targets on a finer grid are area-pooled to it. 0: the
     targets' own grid (the input's, or the data engine's ``S/2``)."""
+    click_backend: Literal["auto", "host", "device"] = "auto"
+    """Where the training clicks are simulated: ``host`` (numpy and ``edt``, one target at a
+    time), ``device`` (torch, the whole batch at once on the model's device:
+    :mod:`fastsam3d.eval.batched_clicks`) or ``auto`` (``device`` on a GPU, ``host`` on the
+    CPU, where ``edt`` is faster). Both give the same clicks."""
     free_rounds: tuple[int, int] = (0, 0)
     """Range (inclusive) of the number of clicks played without gradients before the trained
     rounds, so later clicks train from the model's own mistakes (0, 0: none)."""

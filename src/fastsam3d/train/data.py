@@ -1,12 +1,12 @@
 """Training samples: model-frame regions around labelled structures, with augmentation.
 
 Sample ``k`` is a pure function of ``(seed, k)``: which structure, where the region sits (the
-structure's bounding-box centre plus a uniform jitter), the rotation, flips and intensity
-changes are all drawn from ``numpy.random.default_rng(SeedSequence([seed, k]))``. Optimizer step
-``s`` with a global batch of ``G`` samples uses samples ``s*G .. s*G + G - 1``, split over
-processes and gradient-accumulation micro-batches (:func:`sample_indices`), so a resumed run
-continues with exactly the data it would have seen, and one process sees the same global batch
-as several.
+structure's bounding-box centre or a voxel of its inner half, plus a uniform jitter), the
+rotation, flips and intensity changes are all drawn from
+``numpy.random.default_rng(SeedSequence([seed, k]))``. Optimizer step ``s`` with a global batch
+of ``G`` samples uses samples ``s*G .. s*G + G - 1``, split over processes and
+gradient-accumulation micro-batches (:func:`sample_indices`), so a resumed run continues with
+exactly the data it would have seen, and one process sees the same global batch as several.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset, Sampler
 
 from ..data.frame import FrameSpec, Roi, normalize_roi, resample_to_roi, roi_around
@@ -75,6 +76,7 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
             raise InputError("no training cases left after exclude_cases")
         self.config, self.frame, self.seed = config, frame, seed
         self._cache: dict[int, tuple[Volume, dict[str, np.ndarray]]] = {}
+        self._cores: dict[tuple[int, str], np.ndarray] = {}
         self.targets = self._index_targets()
         if not self.targets:
             raise InputError(
@@ -124,13 +126,27 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
         rng = sample_rng(self.seed, index)
         target = self.targets[int(rng.integers(len(self.targets)))]
         volume, _ = self._load(target.case)
+        centre = target.centre
+        if self.config.region_centre == "core":
+            core = self._core(target)
+            centre = core[int(rng.integers(len(core)))].astype(np.float64)
         jitter_world = rng.uniform(-self.config.jitter_mm, self.config.jitter_mm, 3)
         jitter_index = np.linalg.solve(volume.affine[:3, :3], jitter_world)
-        roi = roi_around(volume, target.centre + jitter_index, self.frame, clamp=False)
+        roi = roi_around(volume, centre + jitter_index, self.frame, clamp=False)
         angle = self.config.augment.rotate_deg
         if angle > 0:
             roi = _rotated(roi, rng.normal(size=3), np.radians(rng.uniform(-angle, angle)))
         return target, roi, rng
+
+    def _core(self, target: Target) -> np.ndarray:
+        """``(N, 3)`` voxel indices of ``target``'s inner half (distance to its boundary, in
+        mm, above half the largest), computed once per structure."""
+        key = (target.case, target.structure)
+        if key not in self._cores:
+            volume, masks = self._load(target.case)
+            depth = ndimage.distance_transform_edt(masks[target.structure], volume.spacing)
+            self._cores[key] = np.argwhere(depth > depth.max() / 2)
+        return self._cores[key]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         target, roi, rng = self.region(index)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..eval.clicks import CenterClicker, ClickSimulator
+from ..eval.batched_clicks import next_clicks
+from ..eval.clicks import CenterClicker, ClickSimulator, SimulatedClick
 from ..modeling.sam3d import Sam3D, upsample_logits
 from .config import InteractiveConfig
 from .data import sample_rng
@@ -221,7 +222,7 @@ class InteractiveStep(nn.Module):
         )
         target = target.reshape(-1, 1, *target.shape[2:])
         b = target.shape[0]
-        truth = (target[:, 0] > 0.5).cpu().numpy()
+        truth = target[:, 0] > 0.5
         rngs = [
             sample_rng(self.seed, int(i), stream=1 if m == 0 else 100 + m)
             for i in indices
@@ -236,11 +237,9 @@ class InteractiveStep(nn.Module):
         total = image.new_zeros(())
         for it in range(free + cfg.click_iterations):
             if it == 0 or it not in mask_only:
-                view = (self._upsample(logits_prev, grid)[:, 0] > 0).cpu().numpy()
-                for s in range(b):
-                    click = self.simulator.next_click(
-                        view[s], truth[s], rngs[s], spacing, len(points[s])
-                    )
+                view = self._upsample(logits_prev, grid)[:, 0] > 0
+                clicks = self._next_clicks(view, truth, rngs, spacing, [len(p) for p in points])
+                for s, click in enumerate(clicks):
                     if click is None:  # nothing left to correct: repeat the last click
                         if points[s]:
                             click_point, positive = points[s][-1], labels[s][-1]
@@ -266,6 +265,28 @@ class InteractiveStep(nn.Module):
             logits_prev = logits.detach()
         total = total / cfg.click_iterations
         return total if aux is None else total + weight * aux
+
+    def _next_clicks(
+        self,
+        view: torch.Tensor,
+        truth: torch.Tensor,
+        rngs: list[np.random.Generator],
+        spacing: tuple[float, float, float],
+        steps: list[int],
+    ) -> list[SimulatedClick | None]:
+        """Each target's next click from ``(B, T, T, T)`` bool prediction and truth: batched on
+        the tensors' device (:mod:`fastsam3d.eval.batched_clicks`) or one target at a time on
+        the host, per ``click_backend``; both give the same clicks."""
+        backend = self.config.click_backend
+        if backend == "auto":
+            backend = "device" if view.device.type != "cpu" else "host"
+        if backend == "device":
+            return next_clicks(self.simulator, view, truth, rngs, spacing, steps)
+        v, t = view.cpu().numpy(), truth.cpu().numpy()
+        return [
+            self.simulator.next_click(v[s], t[s], rngs[s], spacing, steps[s])
+            for s in range(len(steps))
+        ]
 
     @staticmethod
     def _upsample(logits: torch.Tensor, grid: int) -> torch.Tensor:
