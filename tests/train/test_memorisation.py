@@ -64,7 +64,7 @@ def test_command_line_prints_a_table_and_plots(tmp_path, capsys) -> None:
     argv = ["ct", "--pairs", "1", "--epochs", "1", "--threads", "1", "--plot", str(plot)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| 1 | deepest | all | 0.001 | 1 |" in out
+    assert "| 1 | deepest | all | 0.001 | 1 | 1 |" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -91,5 +91,23 @@ def test_clicks_from_the_inner_half_and_probes_at_the_deepest_voxel(tmp_path, ca
     assert main(argv) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 | 2 |")]
     assert len(row) == 1
-    assert row[0].split("|")[5].strip() == "2"  # 1 epoch of 2 pairs
+    assert row[0].split("|")[6].strip() == "2"  # 1 epoch of 2 pairs
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_batch_takes_one_step_on_its_mean_loss() -> None:
+    """Batch 2 of 2 pairs: one step per epoch, the same first-epoch Dice as batch 1 (both
+    before any update), and a different model afterwards."""
+    rng_pairs = np.random.default_rng(2)
+    model_a, model_b = _tiny(), _tiny()
+    pairs = click_pairs(model_a, "ct", 2, rng_pairs)
+    one = fit_pairs(model_a, pairs, 2, 1e-3, np.random.default_rng(0))
+    two = fit_pairs(model_b, pairs, 2, 1e-3, np.random.default_rng(0), batch=2)
+    assert [r.steps_after for r in two] == [0, 1, 2]
+    assert [r.steps_after for r in one] == [0, 2, 4]
+    assert two[0].dice == pytest.approx(one[0].dice)
+    assert two[1].dice == pytest.approx(one[0].dice)  # epoch 1 is scored before its one step
+    a, b = model_a.state_dict(), model_b.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match="batch must be >= 1"):
+        fit_pairs(model_a, pairs, 1, 1e-3, np.random.default_rng(0), batch=0)

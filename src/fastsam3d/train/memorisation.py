@@ -24,12 +24,15 @@ the largest), each with the region it opens, and scored after every epoch at its
 a click it was not fitted at: does the model learn the structures, or the clicks? Measured
 (``--pairs 10,40 --steps 960 --lr 1e-3 --clicks-per-structure 0,8``, 22 min,
 ``docs/eval/memorisation-clicks.png``): 10 structures at 8 clicks reach 0.745 (0.724 at the
-never-fitted deepest voxel), 40 at their deepest voxel 0.719, 40 at 8 clicks only 0.328.
+never-fitted deepest voxel), 40 at their deepest voxel 0.719, 40 at 8 clicks only 0.328;
+with ``--batch 4`` (4 pairs per step, their mean loss) 40 at 8 clicks reach 0.532 in the same
+960 steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,12 +139,16 @@ def fit_pairs(
     trainable: Trainable = "all",
     progress: bool = False,
     probes: Sequence[ClickPair] = (),
+    batch: int = 1,
 ) -> list[EpochRecord]:
     """Fit ``model`` (in place) to ``pairs`` for ``epochs`` epochs of AdamW (no weight decay,
-    constant ``lr``); returns epoch 0 (no update) to ``epochs``, each scored also on
-    ``probes`` (pairs that are never fitted) after its updates."""
+    constant ``lr``), one step per ``batch`` pairs (their mean loss); returns epoch 0 (no
+    update) to ``epochs``, each scored also on ``probes`` (pairs that are never fitted) after
+    its updates."""
     if trainable not in ("all", "decoder"):
         raise InputError(f"trainable {trainable!r}: choose all or decoder")
+    if batch < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
     model.train()
     encoder_trains = trainable == "all"
     for p in model.image_encoder.parameters():
@@ -159,19 +166,24 @@ def fit_pairs(
     bar = tqdm(total=epochs * len(pairs), desc=f"fit {len(pairs)}", disable=not progress)
     for epoch in range(epochs + 1):
         losses, dices = [], []
-        for i in rng.permutation(len(pairs)):
-            pair = pairs[int(i)]
-            embedding = cached[int(i)] if cached is not None else model.encode(pair.image)
-            logits, _ = model.decode(embedding, pair.point, positive, mask_logits=empty)
-            up = upsample_logits(logits.float(), size)
-            loss = dice_ce_loss(up, pair.target)
-            dices.append(dice((up.detach() > 0).cpu().numpy(), (pair.target > 0.5).cpu().numpy()))
-            losses.append(float(loss.detach()))
+        order = rng.permutation(len(pairs))
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            optimiser.zero_grad(set_to_none=True)
+            for i in chunk:  # gradients accumulate: one step on the chunk's mean loss
+                pair = pairs[int(i)]
+                embedding = cached[int(i)] if cached is not None else model.encode(pair.image)
+                logits, _ = model.decode(embedding, pair.point, positive, mask_logits=empty)
+                up = upsample_logits(logits.float(), size)
+                loss = dice_ce_loss(up, pair.target)
+                truth = (pair.target > 0.5).cpu().numpy()
+                dices.append(dice((up.detach() > 0).cpu().numpy(), truth))
+                losses.append(float(loss.detach()))
+                if epoch > 0:
+                    (loss / len(chunk)).backward()
             if epoch > 0:
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
                 optimiser.step()
-                bar.update()
+                bar.update(len(chunk))
         probe_dice = None
         if probes:
             with torch.no_grad():
@@ -183,9 +195,10 @@ def fit_pairs(
                     up = upsample_logits(logits.float(), size)
                     scores.append(dice((up > 0).cpu().numpy(), (pair.target > 0.5).cpu().numpy()))
                 probe_dice = float(np.mean(scores))
-        steps = max(epoch - 1, 0) * len(pairs)
+        per_epoch = math.ceil(len(pairs) / batch)
+        steps = max(epoch - 1, 0) * per_epoch
         mean_loss, mean_dice = float(np.mean(losses)), float(np.mean(dices))
-        after = epoch * len(pairs)
+        after = epoch * per_epoch
         records.append(EpochRecord(epoch, steps, mean_loss, mean_dice, after, probe_dice))
     bar.close()
     return records
@@ -246,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--model", default=None, help="registry name (default: fastsam3d-lite)")
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument(
+        "--batch", default="1", help="comma-separated pairs per optimiser step (mean loss)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=None, help="PNG of Dice against steps")
@@ -256,37 +272,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args.model or (None if args.checkpoint else "fastsam3d-lite")
     curves: dict[str, list[EpochRecord]] = {}
     settings = [
-        (count, lr, int(per))
+        (count, lr, int(per), int(batch))
         for count in counts
         for per in args.clicks_per_structure.split(",")
         if per
         for lr in rates
+        for batch in args.batch.split(",")
+        if batch
     ]
     print(
-        "| structures | clicks each | trainable | lr | steps | Dice before | Dice after "
+        "| structures | clicks each | trainable | lr | batch | steps | Dice before | Dice after "
         "| loss after | deepest-voxel Dice after |"
     )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
-    for count, lr, per in settings:
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for count, lr, per, batch in settings:
         model = load_model(name, args.checkpoint)  # every setting from the same weights
         probes: list[ClickPair] = []
         if per:  # the same structures (the same first draw), at their deepest voxels
             probes = click_pairs(model, args.sample, count, np.random.default_rng(args.seed))
         rng = np.random.default_rng(args.seed)
         pairs = click_pairs(model, args.sample, count, rng, clicks_per_structure=per)
-        epochs = max(1, round(args.steps / len(pairs))) if args.steps else args.epochs
-        records = fit_pairs(model, pairs, epochs, lr, rng, args.trainable, True, probes=probes)
+        per_epoch = math.ceil(len(pairs) / batch)
+        epochs = max(1, round(args.steps / per_epoch)) if args.steps else args.epochs
+        records = fit_pairs(
+            model, pairs, epochs, lr, rng, args.trainable, True, probes=probes, batch=batch
+        )
         first, last = records[0], records[-1]
         probe = "-" if last.probe_dice is None else f"{last.probe_dice:.3f}"
         print(
-            f"| {count} | {per or 'deepest'} | {args.trainable} | {lr:g} | "
+            f"| {count} | {per or 'deepest'} | {args.trainable} | {lr:g} | {batch} | "
             f"{last.steps_after} | {first.dice:.3f} | {last.dice:.3f} | {last.loss:.3f} "
             f"| {probe} |",
             flush=True,
         )
         noun = "structure" if count == 1 else "structures"
         clicks = f", {per} clicks each" if per else ""
-        curves[f"{count} {noun}{clicks} ({args.trainable}, lr {lr:g})"] = records
+        batched = f", batch {batch}" if batch > 1 else ""
+        curves[f"{count} {noun}{clicks} ({args.trainable}, lr {lr:g}{batched})"] = records
     if args.plot is not None:
         plot_curves(curves, args.plot)
         print(f"wrote {args.plot}")
