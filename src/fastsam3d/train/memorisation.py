@@ -6,8 +6,8 @@ click every time, no augmentation, no click loop), and fit the model to those ``
 model and learning rate that cannot fit ten fixed pairs in a few hundred steps cannot fit a
 scan's structures under random regions and click sequences either; one that can shows that
 the whole-scan task is a matter of steps. Each epoch visits every pair once in a random order
-(one optimiser step per pair); an epoch's Dice and loss are the means over its forward passes
-(before each pair's update), epoch 0 is the model as given.
+(one optimiser step per pair, or per ``--batch`` pairs); an epoch's Dice and loss are the
+means over its forward passes (before each pair's update), epoch 0 is the model as given.
 
 On the shipped student, training CT (this machine, 2 threads, the command below, 7 min;
 ``docs/eval/memorisation.png``): one pair reaches Dice 0.96 after 60 steps at a learning rate
