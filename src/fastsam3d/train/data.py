@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch.utils.data import Dataset, Sampler
 
 from ..data.frame import FrameSpec, Roi, normalize_roi, resample_to_roi, roi_around
 from ..data.io import read_volume
 from ..data.volume import Volume
 from ..errors import InputError
+from ..eval.clicks import inner_half_voxels
 from ..eval.datasets import Case
 from ..eval.runner import load_targets
 from .config import DataConfig
@@ -144,8 +144,7 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
         key = (target.case, target.structure)
         if key not in self._cores:
             volume, masks = self._load(target.case)
-            depth = ndimage.distance_transform_edt(masks[target.structure], volume.spacing)
-            self._cores[key] = np.argwhere(depth > depth.max() / 2)
+            self._cores[key] = inner_half_voxels(masks[target.structure], volume.spacing)
         return self._cores[key]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -40,13 +40,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy import ndimage
 from tqdm import tqdm
 
 from ..build import load_model
 from ..data.frame import FrameSpec
 from ..errors import InputError
-from ..eval.clicks import deepest_voxel
+from ..eval.clicks import deepest_voxel, inner_half_voxels
 from ..eval.metrics import dice
 from ..eval.probe import click_region
 from ..eval.runner import sample_structures
@@ -111,8 +110,7 @@ def click_pairs(
         if clicks_per_structure == 0:
             clicks = [deepest_voxel(truth, volume.spacing)]
         else:
-            depth = ndimage.distance_transform_edt(truth, sampling=volume.spacing)
-            core = np.argwhere(depth > depth.max() / 2)
+            core = inner_half_voxels(truth, volume.spacing)
             picks = rng.choice(len(core), size=clicks_per_structure, replace=False)
             clicks = [core[int(p)].astype(np.float64) for p in picks]
         for click in clicks:
@@ -162,6 +160,14 @@ def fit_pairs(
     size, low = model.cfg.image_size, model.cfg.low_res_size
     empty = torch.zeros(1, 1, low, low, low, device=model.device, dtype=model.dtype)
     positive = torch.ones(1, 1, dtype=torch.long, device=model.device)
+
+    def one_click(pair: ClickPair, embedding: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(1, 1, S, S, S)`` logits of the pair's click from an empty mask, and their Dice."""
+        logits, _ = model.decode(embedding, pair.point, positive, mask_logits=empty)
+        up = upsample_logits(logits.float(), size)
+        truth = (pair.target > 0.5).cpu().numpy()
+        return up, dice((up.detach() > 0).cpu().numpy(), truth)
+
     records = []
     bar = tqdm(total=epochs * len(pairs), desc=f"fit {len(pairs)}", disable=not progress)
     for epoch in range(epochs + 1):
@@ -173,11 +179,9 @@ def fit_pairs(
             for i in chunk:  # gradients accumulate: one step on the chunk's mean loss
                 pair = pairs[int(i)]
                 embedding = cached[int(i)] if cached is not None else model.encode(pair.image)
-                logits, _ = model.decode(embedding, pair.point, positive, mask_logits=empty)
-                up = upsample_logits(logits.float(), size)
+                up, score = one_click(pair, embedding)
                 loss = dice_ce_loss(up, pair.target)
-                truth = (pair.target > 0.5).cpu().numpy()
-                dices.append(dice((up.detach() > 0).cpu().numpy(), truth))
+                dices.append(score)
                 losses.append(float(loss.detach()))
                 if epoch > 0:
                     (loss / len(chunk)).backward()
@@ -187,14 +191,8 @@ def fit_pairs(
         probe_dice = None
         if probes:
             with torch.no_grad():
-                scores = []
-                for pair in probes:
-                    logits, _ = model.decode(
-                        model.encode(pair.image), pair.point, positive, mask_logits=empty
-                    )
-                    up = upsample_logits(logits.float(), size)
-                    scores.append(dice((up > 0).cpu().numpy(), (pair.target > 0.5).cpu().numpy()))
-                probe_dice = float(np.mean(scores))
+                scores = [one_click(pair, model.encode(pair.image))[1] for pair in probes]
+            probe_dice = float(np.mean(scores))
         per_epoch = math.ceil(len(pairs) / batch)
         steps = max(epoch - 1, 0) * per_epoch
         mean_loss, mean_dice = float(np.mean(losses)), float(np.mean(dices))
