@@ -123,3 +123,35 @@ def test_core_regions_are_refused_with_the_engine() -> None:
     cfg["data"].update(region_centre="core", engine={"enabled": True})
     with pytest.raises(InputError, match="region_centre = 'core' applies to the labelled"):
         parse_config(cfg)
+
+
+def test_deepest_regions_are_the_regions_a_session_opens_at_the_first_centre_click() -> None:
+    """``region_centre = "deepest"`` without jitter or augmentation: a structure's sample is
+    the region (image and mask) that a first click at its deepest voxel opens in a session
+    (:func:`fastsam3d.eval.probe.click_region`), the same for every draw, and kept once made."""
+    from fastsam3d.eval.clicks import deepest_voxel
+    from fastsam3d.eval.probe import click_region
+
+    cfg = train_config("unused")
+    augment = {"flip": False, "intensity_scale": 0.0, "intensity_shift": 0.0}
+    cfg["data"].update(
+        structures=["liver", "spleen"], jitter_mm=0.0, region_centre="deepest", augment=augment
+    )
+    config = parse_config(cfg)
+    cases = load_cases(config.data.root, config.data.layout)
+    frame = FrameSpec(size=64)
+    regions = TrainingRegions(cases, config.data, frame, seed=1)
+    volume, masks = regions._load(0)
+    seen: dict[str, torch.Tensor] = {}
+    for index in range(8):
+        target, _, _ = regions.region(index)
+        sample = regions[index]
+        truth = masks[target.structure]
+        expected = click_region(volume, truth, frame, deepest_voxel(truth, volume.spacing))
+        torch.testing.assert_close(sample["image"][0], expected.image)
+        torch.testing.assert_close(sample["target"][0], expected.inside.float())
+        if target.structure in seen:  # the same fixed region at every draw
+            torch.testing.assert_close(sample["image"], seen[target.structure])
+        seen[target.structure] = sample["image"]
+    assert set(seen) == {"liver", "spleen"}
+    assert len(regions._crops) == 2  # one kept crop per structure

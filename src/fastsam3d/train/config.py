@@ -117,11 +117,16 @@ class DataConfig:
     jitter_mm: float = 20.0
     """Region centre = the ``region_centre`` point + uniform jitter of up to this many mm per
     axis."""
-    region_centre: Literal["box", "core"] = "box"
-    """Where a region is centred before the jitter: the structure's bounding-box centre, or a
+    region_centre: Literal["box", "core", "deepest"] = "box"
+    """Where a region is centred before the jitter: the structure's bounding-box centre, a
     uniform voxel of its inner half (farther from its boundary than half the largest
     distance: upstream's first-click rule), as a user's first click centres a session's
-    region."""
+    region, or its deepest voxel, with the region shifted into the scan as a session shifts it:
+    with no jitter or rotation, exactly the region a session opens at that click, one fixed
+    region per structure (the centre-of-error simulator's first click, except where the
+    structure touches the scan's edge, which the simulator counts as outside, or where equally
+    deep voxels tie). Experiment ``e34``: the model memorises these regions and no longer
+    generalises."""
     batch_size: int = 1
     targets_per_region: int = 1
     """Structures trained per region: the drawn one plus up to N-1 others that appear in it

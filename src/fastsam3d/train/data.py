@@ -1,8 +1,8 @@
 """Training samples: model-frame regions around labelled structures, with augmentation.
 
 Sample ``k`` is a pure function of ``(seed, k)``: which structure, where the region sits (the
-structure's bounding-box centre or a voxel of its inner half, plus a uniform jitter), the
-rotation, flips and intensity changes are all drawn from
+structure's bounding-box centre, a voxel of its inner half or its deepest voxel, plus a uniform
+jitter), the rotation, flips and intensity changes are all drawn from
 ``numpy.random.default_rng(SeedSequence([seed, k]))``. Optimizer step ``s`` with a global batch
 of ``G`` samples uses samples ``s*G .. s*G + G - 1``, split over processes and
 gradient-accumulation micro-batches (:func:`sample_indices`), so a resumed run continues with
@@ -23,7 +23,7 @@ from ..data.frame import FrameSpec, Roi, normalize_roi, resample_to_roi, roi_aro
 from ..data.io import read_volume
 from ..data.volume import Volume
 from ..errors import InputError
-from ..eval.clicks import inner_half_voxels
+from ..eval.clicks import deepest_voxel, inner_half_voxels
 from ..eval.datasets import Case
 from ..eval.runner import load_targets
 from .config import DataConfig
@@ -77,6 +77,7 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
         self.config, self.frame, self.seed = config, frame, seed
         self._cache: dict[int, tuple[Volume, dict[str, np.ndarray]]] = {}
         self._cores: dict[tuple[int, str], np.ndarray] = {}
+        self._crops: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.targets = self._index_targets()
         if not self.targets:
             raise InputError(
@@ -130,29 +131,53 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
         if self.config.region_centre == "core":
             core = self._core(target)
             centre = core[int(rng.integers(len(core)))].astype(np.float64)
+        elif self.config.region_centre == "deepest":
+            centre = self._core(target, deepest=True)[0]
         jitter_world = rng.uniform(-self.config.jitter_mm, self.config.jitter_mm, 3)
         jitter_index = np.linalg.solve(volume.affine[:3, :3], jitter_world)
-        roi = roi_around(volume, centre + jitter_index, self.frame, clamp=False)
+        clamp = self.config.region_centre == "deepest"  # shifted into the scan as a session does
+        roi = roi_around(volume, centre + jitter_index, self.frame, clamp=clamp)
         angle = self.config.augment.rotate_deg
         if angle > 0:
             roi = _rotated(roi, rng.normal(size=3), np.radians(rng.uniform(-angle, angle)))
         return target, roi, rng
 
-    def _core(self, target: Target) -> np.ndarray:
+    def _core(self, target: Target, deepest: bool = False) -> np.ndarray:
         """``(N, 3)`` voxel indices of ``target``'s inner half (distance to its boundary, in
-        mm, above half the largest), computed once per structure."""
-        key = (target.case, target.structure)
+        mm, above half the largest), or ``(1, 3)``: its deepest voxel; once per structure."""
+        key = (target.case, target.structure + ("#deepest" if deepest else ""))
         if key not in self._cores:
             volume, masks = self._load(target.case)
-            self._cores[key] = inner_half_voxels(masks[target.structure], volume.spacing)
+            mask = masks[target.structure]
+            self._cores[key] = (
+                deepest_voxel(mask, volume.spacing)[None]
+                if deepest
+                else inner_half_voxels(mask, volume.spacing)
+            )
         return self._cores[key]
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        target, roi, rng = self.region(index)
+    def _fixed_region(self) -> bool:
+        """Whether every sample of a structure gets the same region (so its crop is kept)."""
+        c = self.config
+        return c.region_centre == "deepest" and c.jitter_mm == 0 and c.augment.rotate_deg == 0
+
+    def _crop(self, target: Target, roi: Roi) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S, S, S)`` normalised image and binary mask of ``target`` in ``roi`` (kept per
+        structure when its region is fixed and ``cache`` is on)."""
+        key = (target.case, target.structure)
+        if key in self._crops:
+            return self._crops[key]
         volume, masks = self._load(target.case)
         image = normalize_roi(resample_to_roi(volume, roi), self.frame.normalization)
         mask_volume = Volume(masks[target.structure].astype(np.float32), volume.affine)
         mask = (resample_to_roi(mask_volume, roi) > 0.5).float()
+        if self.config.cache and self._fixed_region():
+            self._crops[key] = (image, mask)
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        target, roi, rng = self.region(index)
+        image, mask = self._crop(target, roi)
         if self.config.targets_per_region > 1:
             mask = torch.stack([mask, *self._other_targets(target, mask, roi, rng)])
         else:
