@@ -77,6 +77,7 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
         self.config, self.frame, self.seed = config, frame, seed
         self._cache: dict[int, tuple[Volume, dict[str, np.ndarray]]] = {}
         self._cores: dict[tuple[int, str], np.ndarray] = {}
+        self._deepest_voxels: dict[tuple[int, str], np.ndarray] = {}
         self._crops: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.targets = self._index_targets()
         if not self.targets:
@@ -132,7 +133,7 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
             core = self._core(target)
             centre = core[int(rng.integers(len(core)))].astype(np.float64)
         elif self.config.region_centre == "deepest":
-            centre = self._core(target, deepest=True)[0]
+            centre = self._deepest(target)
         jitter_world = rng.uniform(-self.config.jitter_mm, self.config.jitter_mm, 3)
         jitter_index = np.linalg.solve(volume.affine[:3, :3], jitter_world)
         clamp = self.config.region_centre == "deepest"  # shifted into the scan as a session does
@@ -142,19 +143,22 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
             roi = _rotated(roi, rng.normal(size=3), np.radians(rng.uniform(-angle, angle)))
         return target, roi, rng
 
-    def _core(self, target: Target, deepest: bool = False) -> np.ndarray:
+    def _core(self, target: Target) -> np.ndarray:
         """``(N, 3)`` voxel indices of ``target``'s inner half (distance to its boundary, in
-        mm, above half the largest), or ``(1, 3)``: its deepest voxel; once per structure."""
-        key = (target.case, target.structure + ("#deepest" if deepest else ""))
+        mm, above half the largest), computed once per structure."""
+        key = (target.case, target.structure)
         if key not in self._cores:
             volume, masks = self._load(target.case)
-            mask = masks[target.structure]
-            self._cores[key] = (
-                deepest_voxel(mask, volume.spacing)[None]
-                if deepest
-                else inner_half_voxels(mask, volume.spacing)
-            )
+            self._cores[key] = inner_half_voxels(masks[target.structure], volume.spacing)
         return self._cores[key]
+
+    def _deepest(self, target: Target) -> np.ndarray:
+        """``(3,)`` voxel index of ``target``'s deepest voxel, computed once per structure."""
+        key = (target.case, target.structure)
+        if key not in self._deepest_voxels:
+            volume, masks = self._load(target.case)
+            self._deepest_voxels[key] = deepest_voxel(masks[target.structure], volume.spacing)
+        return self._deepest_voxels[key]
 
     def _fixed_region(self) -> bool:
         """Whether every sample of a structure gets the same region (so its crop is kept)."""
