@@ -155,3 +155,70 @@ def test_deepest_regions_are_the_regions_a_session_opens_at_the_first_centre_cli
         seen[target.structure] = sample["image"]
     assert set(seen) == {"liver", "spleen"}
     assert len(regions._crops) == 2  # one kept crop per structure
+
+
+def test_first_click_regions_are_the_simulators_first_clicks_and_exact_samples_unaugmented() -> (
+    None
+):
+    """``region_centre = "first_click"``: every centre is a click the centre-of-error simulator
+    may make first (the clicker's own draws fall in the same set); with ``exact_fraction = 1``
+    each sample is the session's region at that click, unflipped and unscaled although flips
+    and intensity changes are on; with ``0.5`` both kinds occur."""
+    from fastsam3d.eval.clicks import CenterClicker, first_center_clicks
+    from fastsam3d.eval.probe import click_region
+
+    cfg = train_config("unused")
+    augment = {"flip": True, "intensity_scale": 0.2, "intensity_shift": 0.2}
+    cfg["data"].update(
+        structures=["stomach", "vertebrae_L1"],
+        jitter_mm=10.0,
+        region_centre="first_click",
+        exact_fraction=1.0,
+        augment=augment,
+    )
+    config = parse_config(cfg)
+    cases = load_cases(config.data.root, config.data.layout)
+    frame = FrameSpec(size=64)
+    regions = TrainingRegions(cases, config.data, frame, seed=3)
+    volume, masks = regions._load(0)
+    clicker = CenterClicker()
+    for name in ("stomach", "vertebrae_L1"):
+        candidates = {tuple(v) for v in first_center_clicks(masks[name], volume.spacing).tolist()}
+        empty = np.zeros(masks[name].shape, bool)
+        for seed in range(5):
+            click = clicker.next_click(
+                empty, masks[name], np.random.default_rng(seed), volume.spacing, 0
+            )
+            assert click is not None
+            assert click.index in candidates
+    for index in range(6):
+        sample = regions[index]
+        placement = regions._place(index)
+        truth = masks[placement.target.structure]
+        assert placement.exact
+        assert placement.key is not None
+        centre = np.array(placement.key[2], dtype=np.float64)
+        candidates = {tuple(v) for v in first_center_clicks(truth, volume.spacing).tolist()}
+        assert placement.key[2] in candidates
+        expected = click_region(volume, truth, frame, centre)
+        torch.testing.assert_close(sample["image"][0], expected.image)
+        torch.testing.assert_close(sample["target"][0], expected.inside.float())
+
+    cfg["data"].update(exact_fraction=0.5)
+    mixed = TrainingRegions(cases, parse_config(cfg).data, frame, seed=3)
+    kinds = {mixed._place(index).exact for index in range(16)}
+    assert kinds == {True, False}
+
+
+def test_exact_fraction_needs_a_session_region() -> None:
+    import pytest
+
+    from fastsam3d.errors import InputError
+
+    cfg = train_config("unused")
+    cfg["data"].update(exact_fraction=0.5)
+    with pytest.raises(InputError, match=r"exact_fraction = 0\.5 needs region_centre"):
+        parse_config(cfg)
+    cfg["data"].update(exact_fraction=1.5, region_centre="deepest")
+    with pytest.raises(InputError, match=r"exact_fraction = 1\.5: expected 0\.\.1"):
+        parse_config(cfg)

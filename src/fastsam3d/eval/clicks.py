@@ -65,6 +65,17 @@ def deepest_voxel(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     return np.array(np.unravel_index(int(np.argmax(depth)), mask.shape), dtype=np.float64)
 
 
+def first_center_clicks(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """``(N, 3)`` voxel indices the centre-of-error simulator (:class:`CenterClicker`) may pick
+    as its first click on ``mask`` (nothing predicted yet): the voxels farthest (in mm) from
+    its boundary, the scan's edge counting as boundary, in C order; it draws one uniformly."""
+    best = _deepest_error(np.asarray(mask, bool), np.zeros(mask.shape, bool), spacing)
+    if best is None:
+        raise InputError("empty mask: no first click")
+    top, dist, box = best
+    return np.argwhere(dist == top) + np.array([s.start for s in box])
+
+
 def inner_half_voxels(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     """``(N, 3)`` voxel indices of ``mask``'s inner half: farther (in mm) from its boundary
     than half its deepest voxel (upstream's first-click rule), in C order."""

@@ -117,7 +117,7 @@ class DataConfig:
     jitter_mm: float = 20.0
     """Region centre = the ``region_centre`` point + uniform jitter of up to this many mm per
     axis."""
-    region_centre: Literal["box", "core", "deepest"] = "box"
+    region_centre: Literal["box", "core", "deepest", "first_click"] = "box"
     """Where a region is centred before the jitter: the structure's bounding-box centre, a
     uniform voxel of its inner half (farther from its boundary than half the largest
     distance: upstream's first-click rule), as a user's first click centres a session's
@@ -126,7 +126,12 @@ class DataConfig:
     region per structure (the centre-of-error simulator's first click, except where the
     structure touches the scan's edge, which the simulator counts as outside, or where equally
     deep voxels tie). Experiment ``e34``: the model memorises these regions and no longer
-    generalises."""
+    generalises. ``first_click``: like ``deepest``, but centred on a voxel the centre-of-error
+    simulator picks as its first click (its edge and tie rules: a uniform draw among the
+    equally deep voxels), so the fixed regions are the ones the evaluation opens."""
+    exact_fraction: float = 0.0
+    """Share of samples that are a session's region exactly (``deepest`` / ``first_click``
+    regions with no jitter, rotation, flip or intensity change); the rest get all of them."""
     batch_size: int = 1
     targets_per_region: int = 1
     """Structures trained per region: the drawn one plus up to N-1 others that appear in it
@@ -144,6 +149,13 @@ class DataConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.exact_fraction <= 1.0:
+            raise InputError(f"[data] exact_fraction = {self.exact_fraction}: expected 0..1")
+        if self.exact_fraction > 0 and self.region_centre not in ("deepest", "first_click"):
+            raise InputError(
+                f"[data] exact_fraction = {self.exact_fraction} needs region_centre = "
+                f"'deepest' or 'first_click' (a session's region), not {self.region_centre!r}"
+            )
         if self.region_centre != "box" and self.engine.enabled:
             raise InputError(
                 f"[data] region_centre = {self.region_centre!r} applies to the labelled "

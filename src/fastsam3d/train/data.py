@@ -1,8 +1,9 @@
 """Training samples: model-frame regions around labelled structures, with augmentation.
 
 Sample ``k`` is a pure function of ``(seed, k)``: which structure, where the region sits (the
-structure's bounding-box centre, a voxel of its inner half or its deepest voxel, plus a uniform
-jitter), the rotation, flips and intensity changes are all drawn from
+structure's bounding-box centre, a voxel of its inner half, its deepest voxel or a first click of
+the centre-of-error simulator, plus a uniform jitter; or, for a share ``exact_fraction``, a
+session's region as it is), the rotation, flips and intensity changes are all drawn from
 ``numpy.random.default_rng(SeedSequence([seed, k]))``. Optimizer step ``s`` with a global batch
 of ``G`` samples uses samples ``s*G .. s*G + G - 1``, split over processes and
 gradient-accumulation micro-batches (:func:`sample_indices`), so a resumed run continues with
@@ -23,7 +24,7 @@ from ..data.frame import FrameSpec, Roi, normalize_roi, resample_to_roi, roi_aro
 from ..data.io import read_volume
 from ..data.volume import Volume
 from ..errors import InputError
-from ..eval.clicks import deepest_voxel, inner_half_voxels
+from ..eval.clicks import deepest_voxel, first_center_clicks, inner_half_voxels
 from ..eval.datasets import Case
 from ..eval.runner import load_targets
 from .config import DataConfig
@@ -45,6 +46,19 @@ class Target:
     def centre(self) -> np.ndarray:
         """``(3,)`` voxel index of the bounding-box centre."""
         return (np.asarray(self.lo) + np.asarray(self.hi)) / 2
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where sample ``index`` lies: its structure, region, generator, whether it is a session's
+    region as it is (``exact``: no augmentation), and the key its crop is kept under (fixed
+    session regions only)."""
+
+    target: Target
+    roi: Roi
+    rng: np.random.Generator
+    exact: bool
+    key: tuple[int, str, tuple[int, ...]] | None
 
 
 def sample_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -78,7 +92,8 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
         self._cache: dict[int, tuple[Volume, dict[str, np.ndarray]]] = {}
         self._cores: dict[tuple[int, str], np.ndarray] = {}
         self._deepest_voxels: dict[tuple[int, str], np.ndarray] = {}
-        self._crops: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._first_click_voxels: dict[tuple[int, str], np.ndarray] = {}
+        self._crops: dict[tuple[int, str, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
         self.targets = self._index_targets()
         if not self.targets:
             raise InputError(
@@ -125,23 +140,36 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
 
     def region(self, index: int) -> tuple[Target, Roi, np.random.Generator]:
         """The structure and region of sample ``index`` (and the generator, for augmentation)."""
+        placement = self._place(index)
+        return placement.target, placement.roi, placement.rng
+
+    def _place(self, index: int) -> _Placement:
         rng = sample_rng(self.seed, index)
         target = self.targets[int(rng.integers(len(self.targets)))]
+        c = self.config
+        exact = c.exact_fraction > 0 and bool(rng.random() < c.exact_fraction)
         volume, _ = self._load(target.case)
-        centre = target.centre
-        if self.config.region_centre == "core":
+        centre, key = target.centre, None
+        if c.region_centre == "core":
             core = self._core(target)
             centre = core[int(rng.integers(len(core)))].astype(np.float64)
-        elif self.config.region_centre == "deepest":
+        elif c.region_centre == "deepest":
             centre = self._deepest(target)
-        jitter_world = rng.uniform(-self.config.jitter_mm, self.config.jitter_mm, 3)
-        jitter_index = np.linalg.solve(volume.affine[:3, :3], jitter_world)
-        clamp = self.config.region_centre == "deepest"  # shifted into the scan as a session does
-        roi = roi_around(volume, centre + jitter_index, self.frame, clamp=clamp)
-        angle = self.config.augment.rotate_deg
-        if angle > 0:
+        elif c.region_centre == "first_click":
+            clicks = self._first_clicks(target)
+            pick = int(rng.integers(len(clicks)))
+            centre = clicks[pick].astype(np.float64)
+        session = c.region_centre in ("deepest", "first_click")
+        if exact or (session and c.jitter_mm == 0 and c.augment.rotate_deg == 0):
+            key = (target.case, target.structure, tuple(int(v) for v in centre))
+        if not exact:
+            jitter_world = rng.uniform(-c.jitter_mm, c.jitter_mm, 3)
+            centre = centre + np.linalg.solve(volume.affine[:3, :3], jitter_world)
+        roi = roi_around(volume, centre, self.frame, clamp=session)  # as a session shifts it
+        angle = c.augment.rotate_deg
+        if angle > 0 and not exact:
             roi = _rotated(roi, rng.normal(size=3), np.radians(rng.uniform(-angle, angle)))
-        return target, roi, rng
+        return _Placement(target, roi, rng, exact, key)
 
     def _core(self, target: Target) -> np.ndarray:
         """``(N, 3)`` voxel indices of ``target``'s inner half (distance to its boundary, in
@@ -160,40 +188,47 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
             self._deepest_voxels[key] = deepest_voxel(masks[target.structure], volume.spacing)
         return self._deepest_voxels[key]
 
-    def _fixed_region(self) -> bool:
-        """Whether every sample of a structure gets the same region (so its crop is kept)."""
-        c = self.config
-        return c.region_centre == "deepest" and c.jitter_mm == 0 and c.augment.rotate_deg == 0
-
-    def _crop(self, target: Target, roi: Roi) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(S, S, S)`` normalised image and binary mask of ``target`` in ``roi`` (kept per
-        structure when its region is fixed and ``cache`` is on)."""
+    def _first_clicks(self, target: Target) -> np.ndarray:
+        """``(N, 3)`` voxels the centre-of-error simulator may click first on ``target``,
+        computed once per structure."""
         key = (target.case, target.structure)
-        if key in self._crops:
+        if key not in self._first_click_voxels:
+            volume, masks = self._load(target.case)
+            clicks = first_center_clicks(masks[target.structure], volume.spacing)
+            self._first_click_voxels[key] = clicks
+        return self._first_click_voxels[key]
+
+    def _crop(
+        self, target: Target, roi: Roi, key: tuple[int, str, tuple[int, ...]] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S, S, S)`` normalised image and binary mask of ``target`` in ``roi`` (kept under
+        ``key``, a fixed session region, when ``cache`` is on)."""
+        if key is not None and key in self._crops:
             return self._crops[key]
         volume, masks = self._load(target.case)
         image = normalize_roi(resample_to_roi(volume, roi), self.frame.normalization)
         mask_volume = Volume(masks[target.structure].astype(np.float32), volume.affine)
         mask = (resample_to_roi(mask_volume, roi) > 0.5).float()
-        if self.config.cache and self._fixed_region():
+        if self.config.cache and key is not None:
             self._crops[key] = (image, mask)
         return image, mask
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        target, roi, rng = self.region(index)
-        image, mask = self._crop(target, roi)
+        placement = self._place(index)
+        target, roi, rng = placement.target, placement.roi, placement.rng
+        image, mask = self._crop(target, roi, placement.key)
         if self.config.targets_per_region > 1:
             mask = torch.stack([mask, *self._other_targets(target, mask, roi, rng)])
         else:
             mask = mask[None]
         aug = self.config.augment
-        if aug.flip:
+        if aug.flip and not placement.exact:  # an exact sample is the session's region as it is
             axes = [a for a in range(3) if rng.random() < 0.5]
             if axes:
                 image, mask = image.flip(axes), mask.flip([a + 1 for a in axes])
-        if aug.intensity_scale:
+        if aug.intensity_scale and not placement.exact:
             image = image * float(1 + rng.uniform(-aug.intensity_scale, aug.intensity_scale))
-        if aug.intensity_shift:
+        if aug.intensity_shift and not placement.exact:
             image = image + float(rng.uniform(-aug.intensity_shift, aug.intensity_shift))
         return {
             "image": image[None].contiguous(),
