@@ -69,11 +69,10 @@ def first_center_clicks(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarra
     """``(N, 3)`` voxel indices the centre-of-error simulator (:class:`CenterClicker`) may pick
     as its first click on ``mask`` (nothing predicted yet): the voxels farthest (in mm) from
     its boundary, the scan's edge counting as boundary, in C order; it draws one uniformly."""
-    best = _deepest_error(np.asarray(mask, bool), np.zeros(mask.shape, bool), spacing)
-    if best is None:
+    candidates = _centre_candidates(np.asarray(mask, bool), np.zeros(mask.shape, bool), spacing)
+    if candidates is None:
         raise InputError("empty mask: no first click")
-    top, dist, box = best
-    return np.argwhere(dist == top) + np.array([s.start for s in box])
+    return candidates
 
 
 def inner_half_voxels(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -154,6 +153,18 @@ def _deepest_error(
     return best[0], best[1], best[2]
 
 
+def _centre_candidates(
+    fn: np.ndarray, fp: np.ndarray, spacing: Sequence[float]
+) -> np.ndarray | None:
+    """``(N, 3)`` voxel indices (C order) of the larger error's deepest voxels: the clicks
+    :class:`CenterClicker` chooses among; ``None`` without errors."""
+    best = _deepest_error(fn, fp, spacing)
+    if best is None:
+        return None
+    top, dist, box = best
+    return np.argwhere(dist == top) + np.array([s.start for s in box])
+
+
 def _pick(candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return candidates[int(rng.integers(len(candidates)))]
 
@@ -200,12 +211,10 @@ class CenterClicker:
 
     def next_click(self, pred, gt, rng, spacing, step):  # type: ignore[no-untyped-def]
         fn, fp = _errors(pred, gt)
-        best = _deepest_error(fn, fp, spacing)
-        if best is None:
+        candidates = _centre_candidates(fn, fp, spacing)
+        if candidates is None:
             return None
-        top, dist, box = best
-        local = _pick(np.argwhere(dist == top), rng)
-        return _to_click(local + np.array([s.start for s in box]), fn)
+        return _to_click(_pick(candidates, rng), fn)
 
 
 class RandomClicker:

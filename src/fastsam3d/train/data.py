@@ -13,7 +13,7 @@ exactly the data it would have seen, and one process sees the same global batch 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,14 +151,13 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
         volume, _ = self._load(target.case)
         centre, key = target.centre, None
         if c.region_centre == "core":
-            core = self._core(target)
+            core = self._structure_voxels(self._cores, target, inner_half_voxels)
             centre = core[int(rng.integers(len(core)))].astype(np.float64)
         elif c.region_centre == "deepest":
-            centre = self._deepest(target)
+            centre = self._structure_voxels(self._deepest_voxels, target, deepest_voxel)
         elif c.region_centre == "first_click":
-            clicks = self._first_clicks(target)
-            pick = int(rng.integers(len(clicks)))
-            centre = clicks[pick].astype(np.float64)
+            clicks = self._structure_voxels(self._first_click_voxels, target, first_center_clicks)
+            centre = clicks[int(rng.integers(len(clicks)))].astype(np.float64)
         session = c.region_centre in ("deepest", "first_click")
         if exact or (session and c.jitter_mm == 0 and c.augment.rotate_deg == 0):
             key = (target.case, target.structure, tuple(int(v) for v in centre))
@@ -171,32 +170,19 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
             roi = _rotated(roi, rng.normal(size=3), np.radians(rng.uniform(-angle, angle)))
         return _Placement(target, roi, rng, exact, key)
 
-    def _core(self, target: Target) -> np.ndarray:
-        """``(N, 3)`` voxel indices of ``target``'s inner half (distance to its boundary, in
-        mm, above half the largest), computed once per structure."""
+    def _structure_voxels(
+        self,
+        cache: dict[tuple[int, str], np.ndarray],
+        target: Target,
+        rule: Callable[[np.ndarray, Sequence[float]], np.ndarray],
+    ) -> np.ndarray:
+        """``rule(mask, spacing)`` on ``target``'s mask (voxel indices: its inner half, its
+        deepest voxel, the simulator's first clicks), computed once per structure in ``cache``."""
         key = (target.case, target.structure)
-        if key not in self._cores:
+        if key not in cache:
             volume, masks = self._load(target.case)
-            self._cores[key] = inner_half_voxels(masks[target.structure], volume.spacing)
-        return self._cores[key]
-
-    def _deepest(self, target: Target) -> np.ndarray:
-        """``(3,)`` voxel index of ``target``'s deepest voxel, computed once per structure."""
-        key = (target.case, target.structure)
-        if key not in self._deepest_voxels:
-            volume, masks = self._load(target.case)
-            self._deepest_voxels[key] = deepest_voxel(masks[target.structure], volume.spacing)
-        return self._deepest_voxels[key]
-
-    def _first_clicks(self, target: Target) -> np.ndarray:
-        """``(N, 3)`` voxels the centre-of-error simulator may click first on ``target``,
-        computed once per structure."""
-        key = (target.case, target.structure)
-        if key not in self._first_click_voxels:
-            volume, masks = self._load(target.case)
-            clicks = first_center_clicks(masks[target.structure], volume.spacing)
-            self._first_click_voxels[key] = clicks
-        return self._first_click_voxels[key]
+            cache[key] = rule(masks[target.structure], volume.spacing)
+        return cache[key]
 
     def _crop(
         self, target: Target, roi: Roi, key: tuple[int, str, tuple[int, ...]] | None
