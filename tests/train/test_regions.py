@@ -222,3 +222,35 @@ def test_exact_fraction_needs_a_session_region() -> None:
     cfg["data"].update(exact_fraction=1.5, region_centre="deepest")
     with pytest.raises(InputError, match=r"exact_fraction = 1\.5: expected 0\.\.1"):
         parse_config(cfg)
+
+
+def test_size_power_draws_large_structures_more_often() -> None:
+    import pytest
+
+    from fastsam3d.errors import InputError
+
+    organs = ["liver", "spleen", "aorta", "rib_left_8"]
+    cfg = train_config("unused")
+    cfg["data"].update(structures=organs, min_volume_mm3=0.0)
+    config = parse_config(cfg)
+    cases = load_cases(config.data.root, config.data.layout)
+    alike = TrainingRegions(cases, config.data, FrameSpec(size=64), seed=1)
+    cfg["data"].update(size_power=1.0)
+    by_size = TrainingRegions(cases, parse_config(cfg).data, FrameSpec(size=64), seed=1)
+    names = [t.structure for t in by_size.targets]
+    mm3 = np.array([t.mm3 for t in by_size.targets])
+    assert (mm3 > 0).all()
+    np.testing.assert_allclose(by_size.target_probabilities, mm3 / mm3.sum())
+    np.testing.assert_allclose(alike.target_probabilities, 1 / len(names))
+    # the draws follow the probabilities: the liver (largest) far more often than the rib
+    draws = [by_size._place(i).target.structure for i in range(400)]
+    liver, rib = draws.count("liver"), draws.count("rib_left_8")
+    expected_liver = 400 * by_size.target_probabilities[names.index("liver")]
+    assert abs(liver - expected_liver) < 4 * np.sqrt(expected_liver)
+    assert liver > 5 * max(rib, 1)
+    # size_power 0 keeps the uniform draw every earlier run made
+    uniform = [alike._place(i).target.structure for i in range(400)]
+    assert uniform.count("liver") < 2 * uniform.count("rib_left_8") + 20
+    cfg["data"].update(size_power=-1.0)
+    with pytest.raises(InputError, match=r"size_power = -1\.0: expected 0\.\.2"):
+        parse_config(cfg)

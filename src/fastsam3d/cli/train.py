@@ -43,9 +43,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..runtime.denormals import flushed_denormals
     from ..train.run import run_training
 
-    trainer, rows = run_training(args.config, args.command, resume=args.resume, steps=args.steps)
+    with flushed_denormals():  # before torch starts its threads, which copy the mode
+        trainer, rows = run_training(
+            args.config, args.command, resume=args.resume, steps=args.steps
+        )
     if trainer.rank == 0:
         if rows:
             speed = sorted(r["samples_per_s"] for r in rows)[len(rows) // 2]
@@ -55,17 +59,20 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
+    from ..runtime.denormals import flushed_denormals
     from ..train.experiment import run_experiment as train_and_score
     from ..train.experiment import score_checkpoint
 
-    if args.checkpoint:
-        if not args.name:
-            raise InputError("--checkpoint needs --name (the run's name in the table)")
-        summary = score_checkpoint(args.checkpoint, args.out, name=args.name, note=args.note or "")
-        print(summary.line())
-        return 0
-    if not args.config:
+    if args.checkpoint and not args.name:
+        raise InputError("--checkpoint needs --name (the run's name in the table)")
+    if not args.checkpoint and not args.config:
         raise InputError("give a TOML config to train, or --checkpoint to score a model file")
-    summary = train_and_score(args.config, args.out, name=args.name, note=args.note or "")
+    with flushed_denormals():  # before torch starts its threads, which copy the mode
+        if args.checkpoint:
+            summary = score_checkpoint(
+                args.checkpoint, args.out, name=args.name, note=args.note or ""
+            )
+        else:
+            summary = train_and_score(args.config, args.out, name=args.name, note=args.note or "")
     print(summary.line())
     return 0

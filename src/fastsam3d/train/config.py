@@ -132,6 +132,9 @@ class DataConfig:
     exact_fraction: float = 0.0
     """Share of samples that are a session's region exactly (``deepest`` / ``first_click``
     regions with no jitter, rotation, flip or intensity change); the rest get all of them."""
+    size_power: float = 0.0
+    """Each sample's structure is drawn with probability ``mm3 ** size_power`` (0: every
+    structure alike; 0.5 gives a large organ, one of few, more samples than one rib of 24)."""
     batch_size: int = 1
     targets_per_region: int = 1
     """Structures trained per region: the drawn one plus up to N-1 others that appear in it
@@ -151,6 +154,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.exact_fraction <= 1.0:
             raise InputError(f"[data] exact_fraction = {self.exact_fraction}: expected 0..1")
+        if not 0.0 <= self.size_power <= 2.0:
+            raise InputError(f"[data] size_power = {self.size_power}: expected 0..2")
         if self.exact_fraction > 0 and self.region_centre not in ("deepest", "first_click"):
             raise InputError(
                 f"[data] exact_fraction = {self.exact_fraction} needs region_centre = "

@@ -35,12 +35,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Target:
     """One trainable structure: case index, structure name, its voxel bounding box (``lo``,
-    ``hi``: inclusive voxel indices)."""
+    ``hi``: inclusive voxel indices) and its volume in mm^3."""
 
     case: int
     structure: str
     lo: tuple[int, int, int]
     hi: tuple[int, int, int]
+    mm3: float = 0.0
 
     @property
     def centre(self) -> np.ndarray:
@@ -100,6 +101,10 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
                 f"no structure of at least {config.min_volume_mm3} mm3 found"
                 + (f" among {list(config.structures)}" if config.structures else "")
             )
+        sizes = np.array([t.mm3 for t in self.targets], dtype=np.float64)
+        weights = sizes**config.size_power
+        self.target_probabilities = weights / weights.sum()
+        """``(len(targets),)`` chance of each structure per sample (``[data] size_power``)."""
 
     def _load(self, n: int) -> tuple[Volume, dict[str, np.ndarray]]:
         if n in self._cache:
@@ -130,6 +135,7 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
                         name,
                         (int(lo[0]), int(lo[1]), int(lo[2])),
                         (int(hi[0]), int(hi[1]), int(hi[2])),
+                        len(idx) * voxel_mm3,
                     )
                 )
         log.info("training on %d structures of %d cases", len(targets), len(self.cases))
@@ -145,8 +151,11 @@ class TrainingRegions(Dataset[dict[str, torch.Tensor]]):
 
     def _place(self, index: int) -> _Placement:
         rng = sample_rng(self.seed, index)
-        target = self.targets[int(rng.integers(len(self.targets)))]
         c = self.config
+        if c.size_power == 0:  # the draw of every run before size_power existed
+            target = self.targets[int(rng.integers(len(self.targets)))]
+        else:
+            target = self.targets[int(rng.choice(len(self.targets), p=self.target_probabilities))]
         exact = c.exact_fraction > 0 and bool(rng.random() < c.exact_fraction)
         volume, _ = self._load(target.case)
         centre, key = target.centre, None
