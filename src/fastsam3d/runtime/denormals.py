@@ -1,14 +1,10 @@
 """Flush subnormal floats to zero on the CPU (FTZ/DAZ) while training.
 
-Trained weights can make gradients subnormal (nonzero float32 values below 1.2e-38), and
-x86 CPUs compute with those in microcode, many times slower than with normal numbers. Measured
-on the 2-core machine (lite image encoder, one 128^3 region, 2 threads, median of 5, two rounds
-side by side): forward + backward takes 0.63 s with the weights of experiment ``e36`` and
-0.39-0.41 s with subnormals flushed (shipped weights: 0.39-0.50 and 0.34-0.40 s); the forward
-pass alone takes 0.10-0.12 s either way, so inference is not affected. In a whole training
-step (encoder, five decoder rounds, click simulation; 2.6 s at step 1250 of ``e37``) the
-encoder's share is small, and the gain there was within the noise of a 16-step sample.
-Flushing changes only values below 1.2e-38.
+Trained weights can make gradients subnormal (nonzero float32 values below 1.2e-38), which
+x86 CPUs compute with in microcode, many times slower than with normal numbers: the lite
+encoder's forward + backward pass ran 1.6x slower on them, the forward pass alone not at all,
+so only training flushes them (measurements: docs/performance.md P9). Flushing changes only
+values below 1.2e-38.
 
 The mode is a property of each CPU thread, and a new thread copies it from the thread that
 creates it. torch's intra-op threads start at the first parallel operation, so the mode must
