@@ -17,10 +17,10 @@ from fastsam3d.conformance import (
     model_shapes,
     write_upstream_checkpoint,
 )
-from fastsam3d.data.frame import FrameSpec
+from fastsam3d.data.frame import FrameSpec, roi_around
 from fastsam3d.data.io import read_volume
 from fastsam3d.data.volume import Volume
-from fastsam3d.interactive.session import Session
+from fastsam3d.interactive.session import CARRIED_LOGIT, Session, mask_prompt
 
 from ..conftest import FIXTURES
 from ..helpers import GEOMETRIES, OracleModel, blob_volume, make_affine, write_dicom_series
@@ -126,8 +126,12 @@ def test_session_reproduces_model_decode_exactly(student) -> None:
     assert torch.equal(r2.logits, second)
     assert r1.new_region
     assert not r2.new_region
-    upstream_mask = fastsam3d.upsample_logits(second, 128)[0, 0] > 0
-    assert np.array_equal(r2.mask, upstream_mask.numpy())
+    upstream = fastsam3d.upsample_logits(second, 128)[0, 0].numpy()
+    # two interpolation codes: they may split a voxel whose logit is within rounding of 0
+    # (one voxel at 6e-10 with 2 threads, none with 1)
+    differ = r2.mask != (upstream > 0)
+    assert np.all(np.abs(upstream[differ]) < 1e-6)
+    assert differ.sum() <= 2
 
 
 def _tiny_session(prompting="newest") -> tuple[Session, Volume]:
@@ -348,3 +352,74 @@ def test_set_mask_starts_from_an_existing_mask() -> None:
     assert session.mask[5:10, 5:10, 5:10].all()  # ... which does not reach this block
     with pytest.raises(ValueError, match="differs from the image"):
         session.set_mask(np.zeros((2, 2, 2), bool))
+
+
+def test_mask_prompt_cells_follow_the_mask() -> None:
+    volume = Volume.from_array(np.zeros((40, 40, 40), np.float32), (1.5, 1.5, 1.5))
+    roi = roi_around(volume, np.array([20.0, 20.0, 20.0]), FrameSpec(size=32))
+    offset = roi.volume_from_roi(volume)[:3, 3]
+    assert np.array_equal(offset, [4, 4, 4])  # ROI voxel u is volume voxel u + 4
+    mask = np.zeros(volume.shape, bool)
+    mask[4 + 8 : 4 + 16, 4:36, 4 + 20 : 4 + 22] = True  # ROI cells 2-3 on axis 0, half of cell 5
+    prompt = mask_prompt(Volume(mask, volume.affine), roi, 8)
+    assert prompt is not None
+    assert prompt.shape == (1, 1, 8, 8, 8)
+    expected = torch.full((8, 8, 8), -CARRIED_LOGIT)
+    expected[2:4, :, 5] = 0.0  # half the cell's voxels: fraction 0.5
+    torch.testing.assert_close(prompt[0, 0], expected)
+    assert mask_prompt(Volume(mask, volume.affine), roi, 8, magnitude=2.0)[0, 0, 2, 0, 5] == 0.0
+    full = np.zeros(volume.shape, bool)
+    full[4:36, 4:36, 4:36] = True
+    assert torch.equal(
+        mask_prompt(Volume(full, volume.affine), roi, 8, magnitude=3.0),
+        torch.full((1, 1, 8, 8, 8), 3.0),
+    )
+    outside = np.zeros(volume.shape, bool)
+    outside[:2] = True  # nothing of it in the ROI
+    assert mask_prompt(Volume(outside, volume.affine), roi, 8) is None
+    with pytest.raises(ValueError, match="not a multiple"):
+        mask_prompt(Volume(mask, volume.affine), roi, 5)
+
+
+@pytest.mark.parametrize("carry", [True, False])
+def test_a_new_region_starts_from_the_mask_it_covers(carry: bool) -> None:
+    oracle = OracleModel(size=32)
+    frame = FrameSpec(size=32, normalization="none")
+    session = Session(oracle, frame=frame, carry_mask=carry)  # type: ignore[arg-type]
+    image = np.zeros((160, 40, 40), np.float32)
+    image[10:60, 10:30, 10:30] = 1.0  # the oracle segments voxels > 0.5
+    volume = Volume.from_array(image)
+    session.set_image(volume)
+    start = np.zeros(volume.shape, bool)
+    start[10:30, 10:30, 10:30] = True  # an imported mask
+    session.set_mask(start)
+    first = session.add_click((20, 20, 20))
+    assert first is not None
+    assert first.new_region
+    sent = oracle.calls[0]["mask"]
+    assert sent is not None
+    if carry:
+        expected = mask_prompt(Volume(start, volume.affine), first.roi, 8)
+        assert expected is not None
+        assert expected.max() == CARRIED_LOGIT
+        torch.testing.assert_close(sent, expected)
+    else:
+        assert torch.equal(sent, torch.zeros(1, 1, 8, 8, 8))
+    # a second region overlapping the first starts from the mask as the first left it
+    before = session.mask.copy()
+    second = session.add_click((60, 20, 20))
+    assert second is not None
+    assert second.new_region
+    if carry:
+        expected = mask_prompt(Volume(before, volume.affine), second.roi, 8)
+        assert expected is not None
+        torch.testing.assert_close(oracle.calls[1]["mask"], expected)
+    else:
+        assert torch.equal(oracle.calls[1]["mask"], torch.zeros(1, 1, 8, 8, 8))
+    # a region far from every foreground voxel gets the all-zero prompt of a first click
+    before = session.mask.copy()
+    far = session.add_click((140, 20, 20))
+    assert far is not None
+    assert far.new_region
+    assert not before[far.changed].any()
+    assert torch.equal(oracle.calls[2]["mask"], torch.zeros(1, 1, 8, 8, 8))

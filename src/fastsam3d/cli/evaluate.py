@@ -72,6 +72,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="upstream simulator: read the prediction as logit > 0.5, as upstream did",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-carry-mask",
+        action="store_true",
+        help="realistic protocol: start each new region from an all-zero mask prompt instead "
+        "of the mask it covers (as sessions did before regions carried the mask)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", help="amos/nnunet: training|validation; totalseg: meta.csv split")
     p.add_argument("--channel", type=int, help="channel of multi-channel images")
@@ -189,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         clicks=args.clicks,
         seed=args.seed,
         logit_quirk=args.logit_quirk,
+        carry_mask=not args.no_carry_mask,
         structures=tuple(s.strip() for s in args.structures.split(","))
         if args.structures
         else None,

@@ -179,10 +179,18 @@ def run_realistic(
     rng: np.random.Generator,
     frame: FrameSpec,
     tolerance_mm: float = 2.0,
+    carry_mask: bool = True,
 ) -> list[ClickRecord]:
-    """Clicks through a :class:`Session`; Dice and NSD on the original grid."""
+    """Clicks through a :class:`Session` (``carry_mask``: see its argument); Dice and NSD on
+    the original grid."""
     # the runner prepares each method's runtime once; the session uses the model as given
-    session = Session(method.model, frame=frame, prompting=method.prompting, runtime="torch")
+    session = Session(
+        method.model,
+        frame=frame,
+        prompting=method.prompting,
+        runtime="torch",
+        carry_mask=carry_mask,
+    )
     session.set_image(volume)
     records: list[ClickRecord] = []
     for step in range(n_clicks):

@@ -82,6 +82,9 @@ class EvalConfig:
         min_volume_mm3: structures smaller than this are skipped (upstream: 10 mm^3).
         tolerance_mm: normalised surface Dice tolerance.
         structures: evaluate only these structure names (None: all).
+        carry_mask: realistic protocol: a new region starts from the mask it covers, as a
+            :class:`~fastsam3d.interactive.session.Session` does by default; ``False``: from
+            an all-zero mask prompt (how results before that default were measured).
     """
 
     protocol: Protocol = "realistic"
@@ -92,6 +95,7 @@ class EvalConfig:
     min_volume_mm3: float = 10.0
     tolerance_mm: float = 2.0
     structures: tuple[str, ...] | None = None
+    carry_mask: bool = True
 
     def __post_init__(self) -> None:
         if self.protocol not in ("paper", "realistic"):
@@ -194,7 +198,9 @@ def _run_task(
     frame = FrameSpec.for_model(method.model.cfg)
     if config.protocol == "paper":
         return run_paper(method, volume, gt, simulator, n, rng, frame)
-    return run_realistic(method, volume, gt, simulator, n, rng, frame, config.tolerance_mm)
+    return run_realistic(
+        method, volume, gt, simulator, n, rng, frame, config.tolerance_mm, config.carry_mask
+    )
 
 
 def evaluate(

@@ -16,7 +16,10 @@ ROI around itself; the image embedding of a ROI is computed once and cached (in 
 share); clicks inside the ROI only run the prompt encoder and decoder; a click outside starts a
 new ROI (``MaskResult.new_region``). The mask lives on the original grid: each prediction
 recomputes the voxels its ROI covers and leaves the rest as they were, so objects larger than
-one ROI can be built from several regions.
+one ROI can be built from several regions. A new ROI starts from what the session already has:
+the part of the mask it covers (earlier regions, or a mask given to :meth:`Session.set_mask`)
+becomes its first mask prompt (:func:`mask_prompt`), so the new region refines that mask
+instead of redrawing it from its clicks alone (``carry_mask=False``: an all-zero prompt).
 
 One loaded model can serve many sessions: a session never changes the model, seeds, thread
 counts or global flags; it runs under ``torch.inference_mode`` on the model's device.
@@ -32,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..contract import PromptableModel
 from ..data.frame import (
@@ -119,6 +123,9 @@ class Session:
             clicks of sessions sharing a cache then fall in the same region and reuse its
             embedding, with the clicks up to half a pitch off the region's centre. ``None``
             (default): centred on the clicks, as upstream places them.
+        carry_mask: a new region's first prediction gets the session's mask inside it as its
+            mask prompt (:func:`mask_prompt`; default); ``False``: an all-zero prompt, as for a
+            first click, so the region's voxels are redrawn from its clicks alone.
         max_history: predictions that can be undone (``None``: all). Older clicks stay in
             :attr:`prompts` but can no longer be taken back; each step keeps the ROI's
             low-resolution logits and a bit-packed copy of the mask block it changed.
@@ -148,6 +155,7 @@ class Session:
         max_history: int | None = None,
         cache: EmbeddingCache | None = None,
         region_grid_mm: float | None = None,
+        carry_mask: bool = True,
     ) -> None:
         if isinstance(model, Sam3D) and runtime != "torch":
             from ..runtime.select import prepare
@@ -173,6 +181,7 @@ class Session:
         if region_grid_mm is not None and not region_grid_mm > 0:
             raise InputError(f"region_grid_mm must be positive or None, got {region_grid_mm}")
         self.region_grid_mm = region_grid_mm
+        self.carry_mask = carry_mask
         self._volume: Volume | None = None
         self._clear_prompts()
 
@@ -311,6 +320,11 @@ class Session:
         roi, new_region = self._region_for(pending)
         to_roi = roi.roi_from_volume(volume)
         previous_logits = None if new_region else self._logits
+        if new_region and self.carry_mask:
+            assert self._mask is not None
+            previous_logits = mask_prompt(
+                Volume(self._mask, volume.affine), roi, self.model.cfg.low_res_size
+            )
         clicks = (
             self._pending
             if self.prompting == "newest"
@@ -325,8 +339,8 @@ class Session:
         t1 = time.perf_counter()
         low = self.model.cfg.low_res_size
         device, dtype = self.model.device, self.model.dtype
-        mask_prompt = (
-            previous_logits
+        prompt_logits = (
+            previous_logits.to(device=device, dtype=dtype)
             if previous_logits is not None
             else torch.zeros(1, 1, low, low, low, device=device, dtype=dtype)
         )
@@ -335,7 +349,7 @@ class Session:
                 embedding,
                 torch.as_tensor(coords[None], dtype=torch.float32, device=device),
                 torch.tensor([[1 if c.positive else 0 for c in clicks]], device=device),
-                mask_logits=mask_prompt,
+                mask_logits=prompt_logits,
             )
         t2 = time.perf_counter()
         box, values, inside = roi_values_to_volume(logits[0, 0].cpu(), roi, volume)
@@ -456,6 +470,34 @@ class Session:
         """Forget clicks and mask; keep the image and cached embeddings."""
         self.volume  # noqa: B018 (raises before set_image)
         self._clear_prompts()
+
+
+CARRIED_LOGIT = 8.0
+"""Magnitude of the mask prompt built from a mask: about the model's own confident logits
+(``fastsam3d-lite``: background -4 to -8, foreground up to 10). Between 4 and 20, the shipped
+model's Dice on the training CT at 5 and 10 clicks moved by at most 0.004."""
+
+
+def mask_prompt(
+    mask: Volume, roi: Roi, low_res_size: int, magnitude: float = CARRIED_LOGIT
+) -> torch.Tensor | None:
+    """A low-resolution mask prompt for ``roi`` from a bool mask on the original grid.
+
+    Each cell of the ``L^3`` grid covering the ROI (``L = low_res_size``, cells of
+    ``size / L`` ROI voxels) takes the foreground fraction ``f`` of its voxels (the mask
+    resampled to the ROI trilinearly, 0 outside the image) as the logit
+    ``magnitude * (2 f - 1)``: ``+magnitude`` inside, ``-magnitude`` outside.
+
+    Returns:
+        ``(1, 1, L, L, L)`` float32, or ``None`` when no foreground falls in the ROI (the
+        caller then sends the all-zero prompt of a first click).
+    """
+    if roi.size % low_res_size:
+        raise InputError(f"ROI size {roi.size} is not a multiple of the grid {low_res_size}")
+    fraction = F.avg_pool3d(resample_to_roi(mask, roi)[None, None], roi.size // low_res_size)
+    if not bool((fraction > 0).any()):
+        return None
+    return magnitude * (2 * fraction - 1)
 
 
 def model_prompting(model: PromptableModel) -> Literal["newest", "all"]:
