@@ -320,8 +320,8 @@ class Session:
         roi, new_region = self._region_for(pending)
         to_roi = roi.roi_from_volume(volume)
         previous_logits = None if new_region else self._logits
-        if new_region and self.carry_mask:
-            assert self._mask is not None
+        assert self._mask is not None
+        if new_region and self.carry_mask and self._mask.any():  # (an empty mask: skip the work)
             previous_logits = mask_prompt(
                 Volume(self._mask, volume.affine), roi, self.model.cfg.low_res_size
             )
