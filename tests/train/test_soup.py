@@ -45,6 +45,12 @@ def test_soup_refuses_what_cannot_be_averaged(tmp_path: Path) -> None:
     torch.save(fastsam3d.load_model(None, a).state_dict(), bare)
     with pytest.raises(InputError, match="not one of our model files"):
         make_soup(tmp_path / "s.safetensors", [(bare, 0.5), (a, 0.5)])
+    # ... unless a native file names the configuration they share
+    make_soup(tmp_path / "c.safetensors", [(bare, 0.5), (a, 0.5)], config_from=a)
+    shared = fastsam3d.load_model(None, tmp_path / "c.safetensors").state_dict()
+    assert all(
+        torch.equal(shared[k], v) for k, v in fastsam3d.load_model(None, a).state_dict().items()
+    )
     assert not (tmp_path / "s.safetensors").exists()
     with pytest.raises(InputError, match="other parameters"):
         soup_state([{"w": torch.ones(2)}, {"v": torch.ones(2)}], [0.5, 0.5])

@@ -8,9 +8,10 @@ training CT (``e37``) and the shipped one can be mixed into one that keeps both 
     python -m fastsam3d.train.soup OUT.safetensors runs/exp/e37/model.safetensors:0.5 \\
         src/fastsam3d/weights/fastsam3d-lite.safetensors:0.5
 
-Inputs are our native model files with the same configuration (so the same parameters); the
-weights must be positive and sum to 1. Tensors that are not floating point come from the first
-file.
+Inputs are our native model files with the same configuration (so the same parameters), or a
+run's training checkpoints with ``--config RUN/model.safetensors`` (the mean of a run's last
+checkpoints, as in stochastic weight averaging); the weights must be positive and sum to 1.
+Tensors that are not floating point come from the first file.
 """
 
 from __future__ import annotations
@@ -69,19 +70,38 @@ def soup_state(
     return out
 
 
-def make_soup(out: Path, ingredients: Sequence[tuple[Path, float]]) -> Path:
-    """Average native model files (their configuration in the file, as ``fastsam3d train``
-    writes them) and write ``out`` in the same format."""
+def make_soup(
+    out: Path, ingredients: Sequence[tuple[Path, float]], config_from: Path | None = None
+) -> Path:
+    """Average model files and write ``out`` in our native format.
+
+    Args:
+        ingredients: ``(file, weight)``: native model files (their configuration inside, as
+            ``fastsam3d train`` writes ``model.safetensors``), or, with ``config_from``, any
+            checkpoint :func:`fastsam3d.load_model` reads, e.g. a run's
+            ``checkpoints/step_N.pt`` (averaging a run's last checkpoints).
+        config_from: a native model file whose configuration the files without one share.
+    """
     from ..checkpoint import read_checkpoint, save_native
 
+    shared, shared_name = None, None
+    if config_from is not None:
+        _, report = read_checkpoint(config_from)
+        if report.model_config is None:
+            raise InputError(f"{config_from}: not one of our model files (no configuration)")
+        shared, shared_name = report.model_config, report.model_name
     states, config, name = [], None, None
     for path, _ in ingredients:
         state, report = read_checkpoint(path)
-        if report.model_config is None:
-            raise InputError(f"{path}: not one of our model files (no configuration inside)")
+        own = report.model_config or shared
+        if own is None:
+            raise InputError(
+                f"{path}: not one of our model files (no configuration inside); pass --config "
+                "with the run's model.safetensors"
+            )
         if config is None:
-            config, name = report.model_config, report.model_name
-        elif report.model_config.to_dict() != config.to_dict():
+            config, name = own, report.model_name or shared_name
+        elif own.to_dict() != config.to_dict():
             raise InputError(
                 f"{path}: its configuration differs from {ingredients[0][0]}'s; a soup needs "
                 "one architecture"
@@ -98,9 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("out", help="output model file (.safetensors)")
     parser.add_argument("models", nargs="+", help="PATH:WEIGHT, weights summing to 1")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="native model file whose configuration inputs without one share (training "
+        "checkpoints: the run's model.safetensors)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path = make_soup(Path(args.out), [parse_ingredient(m) for m in args.models])
+    path = make_soup(Path(args.out), [parse_ingredient(m) for m in args.models], args.config)
     print(f"wrote {path}")
     return 0
 
