@@ -129,25 +129,14 @@ def score_model(
     dependence)`` (the last: mean changed fraction with only the ViT's embedding replaced;
     NaN for models without high-resolution features).
     """
-    method = Method(label, model)
-    results = []
-    for sample, structures, part in (
-        (TRAIN_SAMPLE, tuple(train_structures), "train-ct"),
-        (
-            HELD_OUT_SAMPLE,
-            None if held_out_structures is None else tuple(held_out_structures),
-            "held-out",
-        ),
-    ):
-        config = EvalConfig(
-            protocol="realistic",
-            simulator="center",
-            clicks=tuple(clicks),
-            seed=0,
-            structures=structures,
-        )
-        evaluate(load_cases(sample, "samples"), [method], config, out_dir / part)
-        results.append(mean_dice(read_rows(merge(out_dir / part)[0]), label, tuple(clicks)))
+    dice = part_dice(
+        model,
+        label,
+        out_dir,
+        train_structures=train_structures,
+        held_out_structures=held_out_structures,
+        clicks=clicks,
+    )
     case = load_cases(HELD_OUT_SAMPLE, "samples")[0]
     volume = read_volume(case.image, channel=case.channel)
     wanted = [
@@ -161,7 +150,41 @@ def score_model(
         vit = float(
             np.mean([r.changed for r in image_dependence(model, volume, wanted, replace="vit")])
         )
-    return results[0], results[1], probe, vit
+    return dice["train-ct"], dice["held-out"], probe, vit
+
+
+def part_dice(
+    model: ConfiguredModel,
+    label: str,
+    out_dir: Path,
+    *,
+    train_structures: Sequence[str] = TRAIN_STRUCTURES,
+    held_out_structures: Sequence[str] | None = None,
+    clicks: Sequence[int] = CLICKS,
+) -> dict[str, dict[int, float]]:
+    """Mean Dice after each of ``clicks`` on ``"train-ct"`` (``train_structures`` of the
+    training CT) and ``"held-out"`` (``held_out_structures`` of the held-out CT, ``None``:
+    all): realistic protocol, centre clicks, seed 0; per-task files under ``out_dir/PART``."""
+    method = Method(label, model)
+    out = {}
+    for part, sample, structures in (
+        ("train-ct", TRAIN_SAMPLE, tuple(train_structures)),
+        (
+            "held-out",
+            HELD_OUT_SAMPLE,
+            None if held_out_structures is None else tuple(held_out_structures),
+        ),
+    ):
+        config = EvalConfig(
+            protocol="realistic",
+            simulator="center",
+            clicks=tuple(clicks),
+            seed=0,
+            structures=structures,
+        )
+        evaluate(load_cases(sample, "samples"), [method], config, out_dir / part)
+        out[part] = mean_dice(read_rows(merge(out_dir / part)[0]), label, tuple(clicks))
+    return out
 
 
 def run_experiment(

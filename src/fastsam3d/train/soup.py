@@ -25,8 +25,6 @@ import torch
 
 from ..errors import InputError
 
-log = logging.getLogger(__name__)
-
 
 def parse_ingredient(text: str) -> tuple[Path, float]:
     """``PATH:WEIGHT`` -> ``(path, weight)``."""

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract import ConfiguredModel
+from ..config import ModelConfig
 from ..errors import InputError
 from ..files import atomic_output
 
@@ -60,50 +60,23 @@ def run_checkpoints(run: Path, every: int) -> list[Point]:
     return sorted(points, key=lambda p: p.step)
 
 
-def load_point(point: Point, run_model: Path | None) -> ConfiguredModel:
-    """The model of a checkpoint (its architecture from the run's ``model.safetensors``, which
-    names it; training checkpoints do not) or of a marked model file."""
-    from ..build import load_model
+def run_config(run: Path) -> ModelConfig:
+    """The architecture of a run's checkpoints, from its ``model.safetensors`` (which names it;
+    training checkpoints do not)."""
     from ..checkpoint import read_checkpoint
 
-    if run_model is None:
-        return load_model(None, point.path)
-    if not run_model.is_file():
-        raise InputError(f"{run_model}: missing; it names the run's architecture")
-    _, report = read_checkpoint(run_model)
+    model_file = run / "model.safetensors"
+    if not model_file.is_file():
+        raise InputError(f"{model_file}: missing; it names the run's architecture")
+    _, report = read_checkpoint(model_file)
     if report.model_config is None:
-        raise InputError(f"{run_model}: not one of our model files (no configuration inside)")
-    return load_model(report.model_config, point.path)
+        raise InputError(f"{model_file}: not one of our model files (no configuration inside)")
+    return report.model_config
 
 
-def score_point(
-    model: ConfiguredModel,
-    work: Path,
-    *,
-    train_structures: Sequence[str],
-    held_out_structures: Sequence[str] | None,
-    clicks: Sequence[int],
-) -> dict[str, dict[int, float]]:
-    """Mean Dice per part after each click count (as :func:`.experiment.score_model`)."""
-    from ..eval.datasets import load_cases
-    from ..eval.protocols import Method
-    from ..eval.report import read_rows
-    from ..eval.runner import EvalConfig, evaluate, merge
-    from .experiment import HELD_OUT_SAMPLE, TRAIN_SAMPLE, mean_dice
-
-    out = {}
-    for part, sample, structures in (
-        ("train-ct", TRAIN_SAMPLE, tuple(train_structures)),
-        (
-            "held-out",
-            HELD_OUT_SAMPLE,
-            None if held_out_structures is None else tuple(held_out_structures),
-        ),
-    ):
-        config = EvalConfig(clicks=tuple(clicks), structures=structures)
-        evaluate(load_cases(sample, "samples"), [Method("m", model)], config, work / part)
-        out[part] = mean_dice(read_rows(merge(work / part)[0]), "m", tuple(clicks))
-    return out
+def shown_click(clicks: Sequence[int]) -> int:
+    """The click count the progress lines and the plot show: 5 if scored, else the most."""
+    return PLOT_CLICK if PLOT_CLICK in clicks else max(clicks)
 
 
 def read_table(path: Path) -> list[dict[str, str]]:
@@ -145,7 +118,8 @@ def score_runs(
     """
     from tqdm import tqdm
 
-    from .experiment import CLICKS, TRAIN_STRUCTURES
+    from ..build import load_model
+    from .experiment import CLICKS, TRAIN_STRUCTURES, part_dice
 
     if every < 1:
         raise InputError(f"--every must be at least 1, got {every}")
@@ -154,14 +128,20 @@ def score_runs(
     table = out / "trajectories.csv"
     rows = read_table(table)
     done = {(r["run"], int(r["step"])) for r in rows}
-    todo: list[tuple[Point, Path | None]] = [(Point(name, -1, path), None) for name, path in marks]
+    # (None: a marked model file, which carries its configuration)
+    todo: list[tuple[Point, ModelConfig | None]] = [
+        (Point(name, -1, path), None) for name, path in marks if (name, -1) not in done
+    ]
     for run in runs:
-        todo += [(p, run / "model.safetensors") for p in run_checkpoints(run, every)]
-    todo = [(p, m) for p, m in todo if (p.run, p.step) not in done]
-    for point, run_model in tqdm(todo, desc="checkpoints", unit="model"):
-        model = load_point(point, run_model)
-        scores = score_point(
-            model,
+        points = [p for p in run_checkpoints(run, every) if (p.run, p.step) not in done]
+        if points:
+            config = run_config(run)
+            todo += [(p, config) for p in points]
+    at = shown_click(clicks)
+    for point, config in tqdm(todo, desc="checkpoints", unit="model"):
+        scores = part_dice(
+            load_model(config, point.path),
+            "m",
             (work or Path("runs") / "trajectories") / point.run / str(point.step),
             train_structures=train_structures or TRAIN_STRUCTURES,
             held_out_structures=held_out_structures,
@@ -179,7 +159,6 @@ def score_runs(
                     }
                 )
         write_table(table, rows)
-        at = clicks[-1] if PLOT_CLICK not in clicks else PLOT_CLICK
         tqdm.write(
             f"{point.run} step {point.step}: Dice@{at} training CT "
             f"{scores['train-ct'][at]:.3f}, held-out {scores['held-out'][at]:.3f}"
@@ -193,7 +172,8 @@ def plot(rows: Sequence[dict[str, str]], path: Path, click: int = PLOT_CLICK) ->
     models as stars)."""
     if not rows:
         raise InputError("nothing to plot: no scored checkpoints")
-    click = min(click, max(int(r["click"]) for r in rows))
+    scored = {int(r["click"]) for r in rows}
+    click = click if click in scored else max(scored)
     import matplotlib
 
     matplotlib.use("Agg")
