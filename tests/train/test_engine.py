@@ -197,3 +197,44 @@ def test_target_sizes_measure_each_sample_in_millilitres(engine) -> None:
     table = format_sizes(sizes, thresholds=(0.0, 1e9))
     assert "| first of a region | 4 |" in table
     assert table.count("| 100.0% | 0.0% |") == 2  # every target > 0 mL, none > 1e9 mL
+
+
+def test_mixed_regions_draw_both_kinds_reproducibly(tmp_path) -> None:
+    """``[data.engine] share``: a sample is the engine's (targets on the S/2 grid) or a region
+    around a labelled structure of ``region_cases`` (targets on the S grid), by a fixed draw."""
+    from fastsam3d.train.data import TrainingRegions
+    from fastsam3d.train.engine import MixedRegions, training_regions
+
+    config = dataclasses.replace(
+        _config(tmp_path, share=0.5, region_cases=("ct",)),
+        root="ct,mr",
+        region_centre="first_click",
+        exact_fraction=1.0,
+    )
+    mixed = training_regions(config, FRAME, seed=7)
+    assert isinstance(mixed, MixedRegions)
+    assert [c.case_id for c in mixed.regions.cases] == ["ct"]
+    assert {s.name for s in mixed.engine.scans} == {"ct", "mr"}
+    kinds = [mixed.from_engine(k) for k in range(40)]
+    assert 10 <= sum(kinds) <= 30
+    assert kinds == [mixed.from_engine(k) for k in range(40)]
+    for k in (kinds.index(True), kinds.index(False)):
+        sample = mixed[k]
+        grid = 32 if kinds[k] else 64
+        assert sample["target"].shape == (3, grid, grid, grid)
+        source = mixed.engine if kinds[k] else mixed.regions
+        assert torch.equal(sample["image"], source[k]["image"])
+    plain = dataclasses.replace(config, engine=EngineConfig(enabled=False))
+    assert isinstance(training_regions(plain, FRAME, seed=7), TrainingRegions)
+    with pytest.raises(ValueError, match=r"region_cases \['ct_sm'\]"):
+        training_regions(
+            dataclasses.replace(
+                config, engine=dataclasses.replace(config.engine, region_cases=("ct_sm",))
+            ),
+            FRAME,
+            seed=7,
+        )
+    with pytest.raises(ValueError, match=r"batch_size = 1, not 2"):
+        training_regions(dataclasses.replace(config, batch_size=2), FRAME, seed=7)
+    with pytest.raises(ValueError, match=r"share = 1.5: expected 0..1"):
+        EngineConfig(share=1.5)

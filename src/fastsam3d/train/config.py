@@ -97,6 +97,16 @@ class EngineConfig:
     """Relative sampling weight per case id (default 1)."""
     cache_dir: str = "runs/.engine-cache"
     """Where supervoxels are cached."""
+    share: float = 1.0
+    """Share of the samples the engine makes; the rest are regions around labelled structures
+    drawn by the ``[data]`` settings (``region_centre``, ``exact_fraction``, ``size_power``,
+    ``augment``), e.g. to fit a session's regions while replaying the engine's variety."""
+    region_cases: tuple[str, ...] = ()
+    """Case ids those regions come from (empty: every training case); the engine uses all."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0:
+            raise InputError(f"[data.engine] share = {self.share}: expected 0..1")
 
 
 @dataclass(frozen=True)
@@ -161,11 +171,11 @@ class DataConfig:
                 f"[data] exact_fraction = {self.exact_fraction} needs region_centre = "
                 f"'deepest' or 'first_click' (a session's region), not {self.region_centre!r}"
             )
-        if self.region_centre != "box" and self.engine.enabled:
+        if self.region_centre != "box" and self.engine.enabled and self.engine.share >= 1.0:
             raise InputError(
                 f"[data] region_centre = {self.region_centre!r} applies to the labelled "
                 "regions only; the data engine places its own: set [data.engine] enabled = "
-                "false or leave region_centre at 'box'"
+                "false, share < 1 (a mix) or leave region_centre at 'box'"
             )
 
 

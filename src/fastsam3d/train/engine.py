@@ -585,17 +585,65 @@ class EngineRegions(Dataset[dict[str, torch.Tensor]]):
         return mask if int(mask.sum()) >= self.min_cells else None
 
 
+MIX_STREAM = 2
+"""The :func:`~fastsam3d.train.data.sample_rng` stream that decides where a mixed sample comes
+from (0 draws the sample itself, 1 and up its clicks)."""
+
+
+class MixedRegions(Dataset[dict[str, torch.Tensor]]):
+    """Sample ``k`` from the engine with probability ``share``, else a region around a labelled
+    structure (``[data]``'s settings); the choice, too, is a pure function of ``(seed, k)``.
+
+    The two kinds differ in their target grid (engine ``(M, S/2, S/2, S/2)``, regions
+    ``(M, S, S, S)``); the objective pools both to its loss grid, so batches must not mix them
+    (``batch_size = 1``).
+    """
+
+    def __init__(
+        self, engine: EngineRegions, regions: TrainingRegions, share: float, seed: int
+    ) -> None:
+        self.engine, self.regions, self.share, self.seed = engine, regions, share, seed
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def from_engine(self, index: int) -> bool:
+        """Whether sample ``index`` is the engine's."""
+        return bool(sample_rng(self.seed, index, MIX_STREAM).random() < self.share)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return (self.engine if self.from_engine(index) else self.regions)[index]
+
+
 def training_regions(
     data: DataConfig, frame: FrameSpec, seed: int
-) -> TrainingRegions | EngineRegions:
-    """The training samples of a ``[data]`` section: the engine's regions when it is enabled,
-    else regions around the labelled structures."""
+) -> TrainingRegions | EngineRegions | MixedRegions:
+    """The training samples of a ``[data]`` section: the engine's regions when it is enabled
+    (mixed with regions around labelled structures when ``[data.engine] share < 1``), else
+    regions around the labelled structures."""
     cases = load_cases(
         data.root, data.layout, split=data.split, channel=data.channel, modality=data.modality
     )
-    if data.engine.enabled:
-        return EngineRegions(cases, data, frame, seed)
-    return TrainingRegions(cases, data, frame, seed)
+    if not data.engine.enabled:
+        return TrainingRegions(cases, data, frame, seed)
+    engine = EngineRegions(cases, data, frame, seed)
+    if data.engine.share >= 1.0:
+        return engine
+    if data.batch_size != 1:
+        raise InputError(
+            f"[data.engine] share = {data.engine.share} mixes target grids: needs "
+            f"[data] batch_size = 1, not {data.batch_size}"
+        )
+    wanted = data.engine.region_cases
+    known = {c.case_id for c in cases}
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise InputError(
+            f"[data.engine] region_cases {unknown}: not among the training cases {sorted(known)}"
+        )
+    region_cases = [c for c in cases if not wanted or c.case_id in wanted]
+    regions = TrainingRegions(region_cases, data, frame, seed)
+    return MixedRegions(engine, regions, data.engine.share, seed)
 
 
 def sample_grid(dataset: EngineRegions, indices: Sequence[int], path: Path) -> Path:

@@ -42,7 +42,7 @@ from ..files import atomic_output
 from ..modeling.sam3d import Sam3D
 from .config import DistillConfig, InteractiveConfig, TrainConfig, config_to_dict
 from .data import StepBatches, TrainingRegions
-from .engine import EngineRegions, training_regions
+from .engine import EngineRegions, MixedRegions, training_regions
 from .objectives import (
     DistillStep,
     InteractiveStep,
@@ -607,7 +607,7 @@ class _Pooled(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     """Sample ``k`` -> sample ``k % pool`` (a fixed set of regions, e.g. for cached teacher
     features)."""
 
-    def __init__(self, base: TrainingRegions | EngineRegions, pool: int) -> None:
+    def __init__(self, base: TrainingRegions | EngineRegions | MixedRegions, pool: int) -> None:
         self.base, self.pool = base, pool
 
     def __len__(self) -> int:
