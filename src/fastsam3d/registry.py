@@ -144,7 +144,7 @@ MODELS: dict[str, ModelSpec] = {
             "Our open default: conv stem + 6 blocks (2 MLP-only), width 192, distilled here; "
             "weights bundled",
             weights="fastsam3d-lite.safetensors",
-            weights_sha256="edef49662d3720da68175bab4ffe4e4ea42ed5b8af6a7a1822c68b5fbc1f56c3",
+            weights_sha256="a85c4ac7acff6220ebc311cba1f9fa54cdcbd73fb05d337e7f54853d29f4d4fb",
             trained_on=("ct", "ct_sm", "mr"),
         ),
         ModelSpec(
