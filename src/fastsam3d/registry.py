@@ -144,7 +144,7 @@ MODELS: dict[str, ModelSpec] = {
             "Our open default: conv stem + 6 blocks (2 MLP-only), width 192, distilled here; "
             "weights bundled",
             weights="fastsam3d-lite.safetensors",
-            weights_sha256="a85c4ac7acff6220ebc311cba1f9fa54cdcbd73fb05d337e7f54853d29f4d4fb",
+            weights_sha256="2f5ee442d2c65da34ac8cbe51ae02351f973f4a2863d6a1e745d1d3f48c4dad1",
             trained_on=("ct", "ct_sm", "mr"),
         ),
         ModelSpec(
